@@ -1,0 +1,79 @@
+"""The one place that decides how arrays are laid out across devices.
+
+Policy (classic nanochat is pure data parallelism, so is this):
+- one 1-D mesh over every device of every process, axis ``"data"``;
+- parameters replicated;
+- batches sharded over ``"data"`` on their leading axis;
+- Muon's stacked momentum (and its Newton–Schulz work) optionally sharded over
+  ``"data"`` on the stack axis, the GSPMD analogue of nanochat's DistMuon.
+
+The mesh uses ``AxisType.Auto`` (classic GSPMD: ``jit`` in/out shardings plus
+``with_sharding_constraint``) everywhere; ``jax.make_mesh`` would default to
+Explicit axes, so the mesh is built from ``jax.sharding.Mesh`` directly.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def maybe_initialize_distributed() -> None:
+    """Call ``jax.distributed.initialize()`` when launched as several processes.
+
+    Detection covers what ``jax.distributed`` itself understands: an explicit
+    coordinator (``JAX_COORDINATOR_ADDRESS``), SLURM multi-task jobs, and
+    multi-host TPU VMs / Cloud TPU pods. A single process does nothing.
+    """
+    if getattr(maybe_initialize_distributed, "_done", False):
+        return
+    launched_multi = (
+        os.environ.get("JAX_COORDINATOR_ADDRESS")
+        or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+        or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0
+        or int(os.environ.get("MEGASCALE_NUM_SLICES", "1")) > 1
+    )
+    if launched_multi:
+        jax.distributed.initialize()
+    maybe_initialize_distributed._done = True
+
+
+def make_mesh(devices=None) -> Mesh:
+    """A 1-D ``("data",)`` mesh over all devices (global across processes)."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over ``"data"``, the rest replicated."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def stacked_sharding(mesh: Mesh, leading_dim: int) -> NamedSharding:
+    """Shard a stacked tensor's leading axis over ``"data"`` when it divides evenly.
+
+    Used for Muon momentum/work stacked by shape. Falls back to replication
+    when the stack does not divide across the devices, so it is always valid.
+    """
+    n = mesh.shape[DATA_AXIS]
+    if n > 1 and leading_dim % n == 0:
+        return NamedSharding(mesh, P(DATA_AXIS))
+    return replicated(mesh)
+
+
+def make_global_batch(local: np.ndarray, mesh: Mesh) -> jax.Array:
+    """Assemble one process's rows into the global batch sharded over ``"data"``.
+
+    Every process passes its own ``(B_local, ...)`` rows; the result is a
+    ``(B_local * process_count, ...)`` array. Works on one CPU and on pods.
+    """
+    return jax.make_array_from_process_local_data(batch_sharding(mesh), local)
