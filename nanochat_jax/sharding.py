@@ -58,6 +58,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def microbatch_sharding(mesh: Mesh) -> NamedSharding:
+    """``(micro_batches, batch, ...)`` arrays: the batch axis (1) split over ``"data"``."""
+    return NamedSharding(mesh, P(None, DATA_AXIS))
+
+
 def stacked_sharding(mesh: Mesh, leading_dim: int) -> NamedSharding:
     """Shard a stacked tensor's leading axis over ``"data"`` when it divides evenly.
 
@@ -77,3 +82,8 @@ def make_global_batch(local: np.ndarray, mesh: Mesh) -> jax.Array:
     ``(B_local * process_count, ...)`` array. Works on one CPU and on pods.
     """
     return jax.make_array_from_process_local_data(batch_sharding(mesh), local)
+
+
+def make_global_microbatches(local: np.ndarray, mesh: Mesh) -> jax.Array:
+    """Like ``make_global_batch`` for ``(A, B_local, T)`` stacks of micro-batches."""
+    return jax.make_array_from_process_local_data(microbatch_sharding(mesh), local)

@@ -1,0 +1,113 @@
+"""Benchmark the real train step (the one train.pretrain compiles) on synthetic tokens.
+
+    python bench/step.py --depth 20 --device_batch_size 32 --seq_len 2048          # one H100
+    python bench/step.py --depth 2 --vocab_size 512 --seq_len 128 --device_batch_size 4   # CPU smoke
+
+Prints compile time, median step time, tokens/s, MFU (nanochat's FLOPs
+formula and peak table, see nanochat_jax.hardware) and peak device memory.
+Medians over timed steps after warm-up; each timed step is synchronised on
+its loss, so step time includes everything the device does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+from nanochat_jax import hardware, sharding
+from nanochat_jax.gpt import GPT, GPTConfig
+from nanochat_jax.optim import nanochat_optimizer
+from nanochat_jax.train_step import init_train_state, make_train_step
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--depth", type=int, default=20)
+    p.add_argument("--vocab_size", type=int, default=65536)
+    p.add_argument("--seq_len", type=int, default=2048)
+    p.add_argument("--device_batch_size", type=int, default=32)
+    p.add_argument("--grad_accum", type=int, default=1)
+    p.add_argument("--compute_dtype", default="auto", help="auto = bfloat16 on GPU/TPU, float32 on CPU")
+    p.add_argument("--attention_impl", default="auto", choices=["auto", "xla", "cudnn"])
+    p.add_argument("--remat", default="none", choices=["none", "dots", "full"])
+    p.add_argument("--scan_layers", action="store_true")
+    p.add_argument("--no_shard_muon", action="store_true")
+    p.add_argument("--steps", type=int, default=10, help="timed steps")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
+    return p.parse_args(argv)
+
+
+def benchmark(args) -> dict:
+    dtype = hardware.default_compute_dtype() if args.compute_dtype == "auto" else args.compute_dtype
+    config = GPTConfig.from_depth(
+        args.depth, vocab_size=args.vocab_size, sequence_len=args.seq_len, compute_dtype=dtype,
+        attention_impl=args.attention_impl, remat=args.remat, scan_layers=args.scan_layers,
+    )
+    mesh = sharding.make_mesh()
+    shard_muon = not args.no_shard_muon
+    tx = nanochat_optimizer(config, mesh=mesh, shard_muon=shard_muon)
+    graphdef, state, shardings = init_train_state(GPT(config, rngs=nnx.Rngs(0)), tx, mesh, shard_muon=shard_muon)
+    step_fn = make_train_step(graphdef, tx, shardings, mesh, grad_clip=1.0)
+
+    rows = args.device_batch_size * jax.local_device_count()
+    rng = np.random.default_rng(0)
+    shape = (args.grad_accum, rows, args.seq_len)
+    x = sharding.make_global_microbatches(rng.integers(0, args.vocab_size, shape, dtype=np.int32), mesh)
+    y = sharding.make_global_microbatches(rng.integers(0, args.vocab_size, shape, dtype=np.int32), mesh)
+    lrm, mom = np.float32(1.0), np.float32(0.95)
+
+    t0 = time.perf_counter()
+    compiled = step_fn.lower(state, x, y, lrm, mom).compile()
+    compile_s = time.perf_counter() - t0
+    for _ in range(args.warmup):
+        state, metrics = compiled(state, x, y, lrm, mom)
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(args.steps):
+        t = time.perf_counter()
+        state, metrics = compiled(state, x, y, lrm, mom)
+        float(metrics["loss"])
+        times.append(time.perf_counter() - t)
+    step_s = statistics.median(times)
+    tokens = args.grad_accum * rows * jax.process_count() * args.seq_len
+    mfu = hardware.mfu(config.flops_per_token(), tokens, step_s)
+    peak = hardware.peak_memory_bytes()
+    return {
+        "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+        "config": f"d{args.depth} V={args.vocab_size} T={args.seq_len} B={args.device_batch_size}x{args.grad_accum} {dtype}"
+        f" remat={args.remat} scan={args.scan_layers} attn={args.attention_impl}",
+        "params": config.num_params(),
+        "compile_s": compile_s,
+        "step_ms": 1000 * step_s,
+        "tokens_per_s": tokens / step_s,
+        "mfu": mfu,
+        "peak_mem_gib": None if peak is None else peak / 2**30,
+        "versions": f"jax {jax.__version__}",
+    }
+
+
+def print_table(result: dict) -> None:
+    mfu = "n/a (no peak for this device)" if result["mfu"] is None else f"{100 * result['mfu']:.1f}%"
+    mem = "n/a" if result["peak_mem_gib"] is None else f"{result['peak_mem_gib']:.2f} GiB"
+    rows = [
+        ("device", result["device"]),
+        ("config", result["config"]),
+        ("params", f"{result['params']:,}"),
+        ("compile", f"{result['compile_s']:.2f} s"),
+        ("step (median)", f"{result['step_ms']:.1f} ms"),
+        ("tokens/s", f"{result['tokens_per_s']:,.0f}"),
+        ("MFU", mfu),
+        ("peak memory", mem),
+        ("versions", result["versions"]),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"| {k:<{width}} | {v} |" for k, v in rows))
+
+
+if __name__ == "__main__":
+    print_table(benchmark(parse_args()))

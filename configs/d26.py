@@ -1,0 +1,10 @@
+"""d26 (1,664 wide, 13 heads, 1.08B params)."""
+
+from configs.base import pretrain_defaults
+
+
+def get_config():
+    c = pretrain_defaults()
+    c.depth = 26
+    c.device_batch_size = 16  # fits 80 GB without remat; grad accumulation doubles
+    return c

@@ -1,0 +1,203 @@
+"""Checkpoints: Orbax, asynchronous and atomic, one directory per stage and model tag.
+
+Layout (nanochat's, under ``$NANOCHAT_JAX_BASE_DIR``)::
+
+    base_checkpoints/<model_tag>/<step>/{params, opt_state, meta}   # Orbax items
+    mid_checkpoints/…  chatsft_checkpoints/…  chatrl_checkpoints/…
+
+``<model_tag>`` defaults to ``d<depth>``. ``params`` and ``opt_state`` are
+Orbax pytrees (sharded arrays restore onto the current mesh); ``meta`` is JSON:
+model config, full user config, step, val bpb, loop state, the data
+iterator's state and the RNG key, so a resumed run continues exactly.
+
+Atomicity comes from Orbax: a step is written into a temporary directory and
+renamed into place only once every item is committed, so an interrupted save
+never leaves a directory that looks like a valid checkpoint; listing and
+restoring only ever see finished steps.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+from orbax.checkpoint.checkpoint_managers import LatestN
+
+from nanochat_jax.common import get_base_dir
+from nanochat_jax.gpt import GPT, GPTConfig
+
+STAGE_DIRS = {
+    "base": "base_checkpoints",
+    "mid": "mid_checkpoints",
+    "sft": "chatsft_checkpoints",
+    "rl": "chatrl_checkpoints",
+}
+
+
+class CheckpointNotFoundError(FileNotFoundError):
+    """No usable checkpoint where one was asked for."""
+
+
+def stage_dir(stage: str) -> Path:
+    if stage not in STAGE_DIRS:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {sorted(STAGE_DIRS)}")
+    return get_base_dir() / STAGE_DIRS[stage]
+
+
+def find_model_tag(stage: str) -> str:
+    """The largest ``d<N>`` tag of a stage, else the most recently modified one (nanochat's rule)."""
+    root = stage_dir(stage)
+    tags = [p for p in root.iterdir() if p.is_dir()] if root.exists() else []
+    if not tags:
+        raise CheckpointNotFoundError(
+            f"no {stage} checkpoints under {root}; train one first "
+            f"(e.g. `python -m train.pretrain --config=configs/tiny.py` for base)"
+        )
+    depth_tags = [(int(m.group(1)), p.name) for p in tags if (m := re.fullmatch(r"d(\d+)", p.name))]
+    if depth_tags:
+        return max(depth_tags)[1]
+    return max(tags, key=lambda p: p.stat().st_mtime).name
+
+
+def abstract_params(config: GPTConfig, sharding: jax.sharding.Sharding | None = None) -> dict:
+    """Shape/dtype (and sharding) skeleton of the params, without allocating them."""
+    shapes = nnx.eval_shape(lambda: GPT(config, rngs=nnx.Rngs(0)))
+    tree = nnx.to_pure_dict(nnx.state(shapes, nnx.Param))
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), tree)
+
+
+def _json_safe(obj: Any) -> Any:
+    """Meta must be plain JSON: numpy scalars/arrays become Python numbers/lists."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (np.generic, np.ndarray)) or hasattr(obj, "__jax_array__") or isinstance(obj, jax.Array):
+        return np.asarray(obj).tolist()
+    return obj
+
+
+class Checkpointer:
+    """One run directory's Orbax manager: save every N steps, keep the last K."""
+
+    def __init__(self, directory: str | Path, *, keep: int | None = 3, async_save: bool = True):
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(
+            create=True,
+            preservation_policy=LatestN(keep) if keep else None,
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,
+        )
+        self._mngr = ocp.CheckpointManager(self.directory, options=options, item_names=("params", "opt_state", "meta"))
+
+    # -- queries --------------------------------------------------------------
+    def all_steps(self) -> list[int]:
+        return sorted(self._mngr.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self._mngr.latest_step()
+
+    # -- save -----------------------------------------------------------------
+    def save(self, step: int, *, params, meta: dict, opt_state=None) -> None:
+        """Start an asynchronous save; returns once the arrays are copied off-device."""
+        items = {"params": ocp.args.StandardSave(params), "meta": ocp.args.JsonSave(_json_safe(meta))}
+        if opt_state is not None:
+            items["opt_state"] = ocp.args.StandardSave(opt_state)
+        self._mngr.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def wait(self) -> None:
+        """Block until every pending save is committed to disk."""
+        self._mngr.wait_until_finished()
+
+    def close(self) -> None:
+        self._mngr.wait_until_finished()
+        self._mngr.close()
+
+    # -- restore --------------------------------------------------------------
+    def _resolve_step(self, step: int | None) -> int:
+        steps = self.all_steps()
+        if not steps:
+            raise CheckpointNotFoundError(f"no finished checkpoint in {self.directory}")
+        if step is None:
+            return steps[-1]
+        if step not in steps:
+            raise CheckpointNotFoundError(f"step {step} not in {self.directory}; available steps: {steps}")
+        return step
+
+    def restore_meta(self, step: int | None = None) -> tuple[int, dict]:
+        step = self._resolve_step(step)
+        out = self._restore(step, meta=ocp.args.JsonRestore())
+        return step, out["meta"]
+
+    def restore(self, step: int | None, *, abstract_params, abstract_opt_state=None) -> dict:
+        """Restore params (+ optimizer state) onto the shardings in the abstract trees."""
+        step = self._resolve_step(step)
+        items = {"params": ocp.args.StandardRestore(abstract_params), "meta": ocp.args.JsonRestore()}
+        if abstract_opt_state is not None:
+            items["opt_state"] = ocp.args.StandardRestore(abstract_opt_state)
+        out = self._restore(step, **items)
+        return {"step": step, **{k: out[k] for k in items}}
+
+    def _restore(self, step: int, **items):
+        try:
+            return self._mngr.restore(step, args=ocp.args.Composite(**items))
+        except Exception as e:  # orbax raises many types; name the directory and what to do
+            raise CheckpointNotFoundError(
+                f"checkpoint step {step} in {self.directory} could not be restored ({type(e).__name__}: {e}). "
+                f"Other finished steps: {[s for s in self.all_steps() if s != step]}"
+            ) from e
+
+
+# --------------------------------------------------------------------------- model-only helpers
+
+
+def save_model_checkpoint(model: GPT, meta: dict, directory: str | Path, step: int) -> None:
+    """Write a params-only checkpoint (e.g. a converted nanochat model) synchronously."""
+    meta = {**meta, "step": step, "model_config": model.config.model_config_dict()}
+    ckpt = Checkpointer(directory, keep=None, async_save=False)
+    ckpt.save(step, params=nnx.to_pure_dict(nnx.state(model, nnx.Param)), meta=meta)
+    ckpt.close()
+
+
+def load_model_checkpoint(directory: str | Path, step: int | None = None, **config_overrides) -> tuple[GPT, dict]:
+    """Rebuild the model stored in a checkpoint directory (latest step by default).
+
+    ``config_overrides`` are execution switches such as ``compute_dtype``.
+    """
+    directory = Path(directory)
+    if not directory.exists():
+        raise CheckpointNotFoundError(f"checkpoint directory {directory} does not exist")
+    ckpt = Checkpointer(directory, keep=None, async_save=False)
+    try:
+        step, meta = ckpt.restore_meta(step)
+        config = GPTConfig(**meta["model_config"], **config_overrides)
+        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        restored = ckpt.restore(step, abstract_params=abstract_params(config, sharding))
+    finally:
+        ckpt.close()
+    model = nnx.eval_shape(lambda: GPT(config, rngs=nnx.Rngs(0)))
+    graphdef, _ = nnx.split(model)
+    model = nnx.merge(graphdef, restored["params"])
+    return model, meta
+
+
+def load_model(stage: str, model_tag: str | None = None, step: int | None = None, **config_overrides):
+    """nanochat's ``load_model``: ``(model, tokenizer, meta)`` for a stage's checkpoint."""
+    from nanochat_jax.tokenizer import Tokenizer, get_tokenizer
+
+    model_tag = model_tag or find_model_tag(stage)
+    model, meta = load_model_checkpoint(stage_dir(stage) / model_tag, step, **config_overrides)
+    tok_dir = meta.get("tokenizer_dir")
+    tokenizer = Tokenizer.from_directory(tok_dir) if tok_dir else get_tokenizer()
+    if tokenizer.get_vocab_size() != model.config.vocab_size:
+        raise ValueError(
+            f"tokenizer vocab {tokenizer.get_vocab_size()} != model vocab {model.config.vocab_size} "
+            f"(tokenizer from {tok_dir or 'the default directory'})"
+        )
+    return model, tokenizer, meta
