@@ -87,6 +87,7 @@ def benchmark(args) -> dict:
         "tokens_per_s": tokens / step_s,
         "mfu": mfu,
         "peak_mem_gib": None if peak is None else peak / 2**30,
+        "loss": float(metrics["loss"]),  # after warmup + steps updates; bench/mfu.py compares it across frameworks
         "versions": f"jax {jax.__version__}",
     }
 

@@ -138,10 +138,11 @@ class GPTConfig:
 def rms_norm(x: jax.Array) -> jax.Array:
     """Parameter-free RMSNorm with torch.nn.functional.rms_norm's default eps.
 
-    torch uses ``finfo(x.dtype).eps`` when eps is None; the reduction runs in
-    fp32 and the result is cast back, as torch's kernels do.
+    With eps=None torch upcasts bf16/fp16 to fp32 and adds ``finfo(float32).eps``
+    (not the input dtype's eps, which for bf16 is 2**-7), in eager kernels and in
+    the decomposition torch.compile uses; the result is cast back.
     """
-    eps = jnp.finfo(x.dtype).eps
+    eps = jnp.finfo(jnp.float32).eps
     xf = x.astype(jnp.float32)
     out = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
     return out.astype(x.dtype)

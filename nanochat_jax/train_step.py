@@ -43,7 +43,7 @@ def loss_fn(graphdef: nnx.GraphDef, params: dict, inputs: jax.Array, targets: ja
 
 def clip_by_global_norm(grads, max_norm: float):
     """torch.nn.utils.clip_grad_norm_: scale by max_norm/(norm+1e-6) when above it."""
-    norm = optax.global_norm(grads)
+    norm = optax.tree.norm(grads)
     if max_norm <= 0:
         return grads, norm
     scale = jnp.minimum(1.0, max_norm / (norm + 1e-6))

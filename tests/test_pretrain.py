@@ -1,7 +1,8 @@
 """train.pretrain end to end on the embedded corpus: config resolution, exact resume,
 checkpoints that later stages load, and bad input.
 
-Runs are tiny (d1: 64 wide, seq 64) so the whole file stays fast on 2 cores.
+Runs are tiny (d1: 64 wide, seq 64, one row per device on the 8 host CPU devices)
+so the whole file stays fast on 2 cores while exercising the multi-device path.
 """
 
 import json
@@ -26,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def tiny_args(**overrides):
     fields = dict(
-        depth=1, max_seq_len=64, device_batch_size=2, total_batch_size=128, num_iterations=8,
-        tokenizer_vocab_size=320, tokenizer_max_chars=300_000, eval_every=4, eval_tokens=256,
+        depth=1, max_seq_len=64, device_batch_size=1, total_batch_size=512, num_iterations=8,
+        tokenizer_vocab_size=320, tokenizer_max_chars=300_000, eval_every=4, eval_tokens=512,
         sample_every=-1, save_every=4, log_every=1, model_tag="t", tokenizer_threads=1, tensorboard=False,
     )
     fields.update(overrides)

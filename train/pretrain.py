@@ -168,14 +168,9 @@ def _global_batches(loader, mesh, accum: int):
         )
 
 
-def _val_batches(loader, mesh):
-    for x, y in loader:
-        yield sharding.make_global_batch(x, mesh), sharding.make_global_batch(y, mesh)
-
-
 def run(cfg) -> dict:
     """Train; returns the final summary (also printed and logged)."""
-    from nanochat_jax.dataloader import build_pretrain_loader
+    from nanochat_jax.dataloader import build_pretrain_loader, iter_global_batches
 
     sharding.maybe_initialize_distributed()
     mesh = sharding.make_mesh()
@@ -272,6 +267,7 @@ def run(cfg) -> dict:
         now = time.time()
         dt, last_time = now - last_time, now
         if not math.isfinite(loss):
+            checkpointer.wait()
             raise TrainingDiverged(
                 f"loss is {loss} at step {step}; stopping without saving. "
                 f"Last good checkpoint: step {checkpointer.latest_step()} in {paths['checkpoints']}"
@@ -299,48 +295,52 @@ def run(cfg) -> dict:
             scalars["train/mfu"] = mfu
         logger.log(step, scalars)
 
-    with _StopRequest() as stop:
-        for step in range(start_step, num_iterations + 1):
-            last_step = step == num_iterations
-            if cfg.eval_every > 0 and (last_step or step % cfg.eval_every == 0):
-                read_pending()
-                val_loader = build_pretrain_loader(
-                    tokenizer, paths["data"], "val", _local_rows(cfg), cfg.max_seq_len,
-                    mode=cfg.loader_mode, tokenizer_threads=cfg.tokenizer_threads, prefetch=0,
-                )
-                try:
-                    val_bpb = evaluate_bpb(graphdef, state.params, _val_batches(val_loader, mesh), eval_steps, token_bytes)
-                finally:
-                    val_loader.close()
-                loop["min_val_bpb"] = min(loop["min_val_bpb"], val_bpb)
-                print0(f"step {step:05d} | val bpb {val_bpb:.4f}")
-                logger.log(step, {"val/bpb": val_bpb})
-                last_time = time.time()
-            if cfg.sample_every > 0 and (last_step or (step > 0 and step % cfg.sample_every == 0)):
-                read_pending()
-                _print_samples(graphdef, state.params, tokenizer, cfg, logger, step)
-                last_time = time.time()
-            save_due = cfg.save_every > 0 and step > start_step and step % cfg.save_every == 0
-            if last_step or save_due or stop.requested:
-                read_pending()  # never save after an unchecked (possibly NaN) step
-                if not (last_step and step == start_step and start_step > 0):
-                    save(step, val_bpb)
-                if stop.requested and not last_step:
-                    checkpointer.wait()
-                    print0(f"Stopped at step {step}; resume with --config.resume=True")
+    try:
+        with _StopRequest() as stop:
+            for step in range(start_step, num_iterations + 1):
+                last_step = step == num_iterations
+                if cfg.eval_every > 0 and (last_step or step % cfg.eval_every == 0):
+                    read_pending()
+                    val_loader = build_pretrain_loader(
+                        tokenizer, paths["data"], "val", _local_rows(cfg), cfg.max_seq_len,
+                        mode=cfg.loader_mode, tokenizer_threads=cfg.tokenizer_threads, prefetch=0,
+                    )
+                    try:
+                        val_bpb = evaluate_bpb(graphdef, state.params, iter_global_batches(val_loader, mesh), eval_steps, token_bytes)
+                    finally:
+                        val_loader.close()
+                    loop["min_val_bpb"] = min(loop["min_val_bpb"], val_bpb)
+                    print0(f"step {step:05d} | val bpb {val_bpb:.4f}")
+                    logger.log(step, {"val/bpb": val_bpb})
+                    last_time = time.time()
+                if cfg.sample_every > 0 and (last_step or (step > 0 and step % cfg.sample_every == 0)):
+                    read_pending()
+                    _print_samples(graphdef, state.params, tokenizer, cfg, logger, step)
+                    last_time = time.time()
+                save_due = cfg.save_every > 0 and step > start_step and step % cfg.save_every == 0
+                if last_step or save_due or stop.requested:
+                    read_pending()  # never save after an unchecked (possibly NaN) step
+                    if not (last_step and step == start_step and start_step > 0):
+                        save(step, val_bpb)
+                    if stop.requested and not last_step:
+                        checkpointer.wait()
+                        print0(f"Stopped at step {step}; resume with --config.resume=True")
+                        break
+                if last_step:
                     break
-            if last_step:
-                break
 
-            lrm = lr_multiplier_schedule(step, num_iterations, cfg.warmup_ratio, cfg.warmdown_ratio, cfg.final_lr_frac)
-            momentum = muon_momentum_schedule(step)
-            inputs, targets = next(batches)
-            state, metrics = train_step(state, inputs, targets, np.float32(lrm), np.float32(momentum))
-            read_pending()
-            pending = (step, metrics, lrm)
-
-    checkpointer.close()
-    loader.close()
+                lrm = lr_multiplier_schedule(step, num_iterations, cfg.warmup_ratio, cfg.warmdown_ratio, cfg.final_lr_frac)
+                momentum = muon_momentum_schedule(step)
+                inputs, targets = next(batches)
+                state, metrics = train_step(state, inputs, targets, np.float32(lrm), np.float32(momentum))
+                read_pending()
+                pending = (step, metrics, lrm)
+    finally:
+        # Whatever ends the loop (finish, Ctrl-C, divergence, a crash), saves
+        # already started are completed so the last good checkpoint survives.
+        checkpointer.close()
+        loader.close()
+        logger.close()
     wall = time.time() - run_start
     steps_done = num_iterations - start_step
     summary = {
@@ -357,7 +357,6 @@ def run(cfg) -> dict:
         "checkpoint_dir": str(paths["checkpoints"]),
         "run_dir": str(paths["run"]),
     }
-    logger.close()
     _print_summary(summary)
     return summary
 

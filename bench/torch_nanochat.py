@@ -1,0 +1,630 @@
+"""A fast PyTorch implementation of nanochat's classic GPT and its training step.
+
+Why it exists: the MFU benchmark (``bench/mfu.py``) needs a PyTorch baseline
+that trains *the same model with the same optimizer* the way nanochat does it
+on a GPU, so the JAX step can be judged against what PyTorch achieves on the
+same device. It is written in this project from the model description
+(nanochat commit 8c89661, classic), not copied from nanochat, and it is
+tested for parity against the JAX model (``tests/test_bench_mfu.py``).
+
+What makes it the nanochat baseline and not a strawman:
+- the classic GPT with nanochat's parameter names and ``(out, in)`` layout
+  (``transformer.wte``, ``transformer.h.{i}.attn.c_q/c_k/c_v/c_proj``,
+  ``transformer.h.{i}.mlp.c_fc/c_proj``, ``lm_head``), so state dicts move
+  between this module, ``tests/torch_reference.py``, nanochat itself and
+  ``nanochat_jax.convert``;
+- bf16 autocast on CUDA (fp32 elsewhere), ``wte`` stored in bf16 on CUDA (as
+  nanochat does), ``torch.compile(model, dynamic=False)``, SDPA causal
+  attention (flash kernel on CUDA) with native GQA;
+- nanochat's optimizer split: fused ``torch.optim.AdamW`` for ``wte`` /
+  ``lm_head`` (lrs x (n_embd/768)**-0.5, betas (0.8, 0.95), eps 1e-10) and
+  Muon for every block matrix (lerp-Nesterov momentum, quintic Newton-Schulz
+  in bf16, lr 0.02 x sqrt(max(1, rows/cols))); Muon stacks same-shape
+  matrices so each shape costs one batched NS instead of one per layer
+  (values are per matrix, unchanged);
+- gradient accumulation and grad-norm clipping at 1.0 without a host sync
+  (nanochat classic reads ``.item()`` there; the ``--nanochat`` path keeps
+  that, this fast baseline does not).
+
+Nothing here imports JAX: the benchmark runs it in its own process so the
+two frameworks' memory pools never share a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+PAD_VOCAB_TO = 64
+ROTARY_BASE = 10000
+SOFTCAP = 15.0
+NS_COEFFS = (3.4445, -4.7750, 2.0315)
+NS_EPS = 1e-7
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclasses.dataclass
+class GPTConfig:
+    """nanochat's six model fields (classic); ``from_depth`` is the depth dial."""
+
+    sequence_len: int = 1024
+    vocab_size: int = 50304
+    n_layer: int = 12
+    n_head: int = 6
+    n_kv_head: int = 6
+    n_embd: int = 768
+
+    @classmethod
+    def from_depth(cls, depth: int, vocab_size: int = 65536, sequence_len: int = 2048) -> "GPTConfig":
+        """n_embd = 64*depth, head_dim 128 (n_head = ceil(n_embd/128)), no GQA."""
+        n_embd = 64 * depth
+        n_head = max(1, math.ceil(n_embd / 128))
+        return cls(sequence_len, vocab_size, depth, n_head, n_head, n_embd)
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return -(-self.vocab_size // PAD_VOCAB_TO) * PAD_VOCAB_TO
+
+    def num_params(self) -> int:
+        C, D = self.n_embd, self.head_dim
+        per_layer = C * self.n_head * D + 2 * C * self.n_kv_head * D + C * C + 8 * C * C
+        return self.n_layer * per_layer + 2 * self.padded_vocab_size * C
+
+    def flops_per_token(self) -> int:
+        """nanochat's estimate: 6*(N - N_wte) + 12*L*H*D*T."""
+        attn = 12 * self.n_layer * self.n_head * self.head_dim * self.sequence_len
+        return 6 * (self.num_params() - self.padded_vocab_size * self.n_embd) + attn
+
+
+def _sdpa_has_gqa() -> bool:
+    """``enable_gqa`` arrived in torch 2.5; older versions need k/v repeated by hand."""
+    major, minor = (int(p) for p in torch.__version__.split(".")[:2])
+    return (major, minor) >= (2, 5)
+
+
+_SDPA_GQA = _sdpa_has_gqa()
+
+
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    """Parameter-free RMSNorm, torch's default eps (nanochat's ``norm``)."""
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Half-split rotary on ``(B, T, H, D)`` with nanochat's sign convention.
+
+    The tables are bf16 (as nanochat keeps them): with bf16 activations the
+    math stays bf16; with fp32 activations it promotes to fp32.
+    """
+    d = x.size(-1) // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1).to(x.dtype)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        if config.n_embd % config.n_head or config.n_head % config.n_kv_head:
+            raise ValueError(f"bad head layout: n_embd={config.n_embd} n_head={config.n_head} n_kv_head={config.n_kv_head}")
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        C, D = config.n_embd, config.head_dim
+        self.c_q = nn.Linear(C, self.n_head * D, bias=False)
+        self.c_k = nn.Linear(C, self.n_kv_head * D, bias=False)
+        self.c_v = nn.Linear(C, self.n_kv_head * D, bias=False)
+        self.c_proj = nn.Linear(C, C, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
+        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
+        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
+        q, k = rms_norm(apply_rotary(q, cos, sin)), rms_norm(apply_rotary(k, cos, sin))  # rotary, then QK-norm
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # SDPA wants (B, H, T, D)
+        gqa = self.n_head != self.n_kv_head
+        if gqa and not _SDPA_GQA:
+            rep = self.n_head // self.n_kv_head
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif gqa:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.relu(self.c_fc(x)).square())  # ReLU^2
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.attn = CausalSelfAttention(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(rms_norm(x), cos, sin)
+        return x + self.mlp(rms_norm(x))
+
+
+class GPT(nn.Module):
+    """Classic nanochat GPT: ``model(idx)`` -> fp32 logits, ``model(idx, targets)`` -> loss."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        cos, sin = self._rotary_tables()
+        # Non-persistent so state_dict() has exactly nanochat's keys.
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def _rotary_tables(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(1, 10*sequence_len, 1, D/2)`` tables, computed in fp32 and stored in bf16."""
+        D = self.config.head_dim
+        inv_freq = 1.0 / (ROTARY_BASE ** (torch.arange(0, D, 2, dtype=torch.float32, device=device) / D))
+        t = torch.arange(10 * self.config.sequence_len, dtype=torch.float32, device=device)
+        freqs = torch.outer(t, inv_freq)
+        return freqs.cos().bfloat16()[None, :, None, :], freqs.sin().bfloat16()[None, :, None, :]
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """nanochat's init (also rebuilds the rotary buffers after ``to_empty``).
+
+        Linear N(0, 1/sqrt(fan_in) * min(1, sqrt(fan_out/fan_in))), embedding
+        N(0, 1), lm_head and both c_proj zero.
+        """
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                fan_out, fan_in = m.weight.shape
+                nn.init.normal_(m.weight, 0.0, 1.0 / math.sqrt(fan_in) * min(1.0, math.sqrt(fan_out / fan_in)))
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, 0.0, 1.0)
+        nn.init.zeros_(self.lm_head.weight)
+        for block in self.transformer.h:
+            nn.init.zeros_(block.attn.c_proj.weight)
+            nn.init.zeros_(block.mlp.c_proj.weight)
+        self.cos, self.sin = self._rotary_tables(device=self.lm_head.weight.device)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, loss_reduction: str = "mean"):
+        T = idx.size(1)
+        cos, sin = self.cos[:, :T], self.sin[:, :T]
+        x = rms_norm(self.transformer.wte(idx))
+        for block in self.transformer.h:
+            x = block(x, cos, sin)
+        logits = self.lm_head(rms_norm(x))
+        logits = logits[..., : self.config.vocab_size].float()  # slice the padding, then fp32
+        logits = SOFTCAP * torch.tanh(logits / SOFTCAP)
+        if targets is None:
+            return logits
+        return F.cross_entropy(
+            logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1, reduction=loss_reduction
+        )
+
+
+# --------------------------------------------------------------------------- Muon
+
+
+def newton_schulz(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Quintic Newton-Schulz orthogonalisation in bf16 on the last two axes.
+
+    nanochat's recipe: cast to bf16, transpose tall matrices to wide, divide
+    by the Frobenius norm + 1e-7, then ``A = X Xᵀ; B = b A + (c A) A;
+    X = a X + B X``. Leading axes are a batch of independent matrices.
+    """
+    a, b, c = NS_COEFFS
+    X = G.bfloat16()
+    tall = G.size(-2) > G.size(-1)
+    if tall:
+        X = X.mT
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + NS_EPS)
+    for _ in range(steps):
+        A = X @ X.mT
+        B = b * A + (c * A) @ A
+        X = a * X + B @ X
+    return X.mT if tall else X
+
+
+class Muon(torch.optim.Optimizer):
+    """nanochat's classic single-device Muon, with same-shape matrices stacked.
+
+    Per matrix: ``buf = lerp(buf, g, 1-m)``; ``g = lerp(g, buf, m)``
+    (Nesterov, no bias correction); ``p -= lr * sqrt(max(1, rows/cols)) *
+    NS5_bf16(g)``. No weight decay. One param group per shape keeps a
+    stacked momentum buffer, so the momentum, NS and update for every layer
+    of that shape run as a handful of batched kernels.
+    """
+
+    def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, ns_steps: int = 5, ns_fn: Callable | None = None):
+        params = list(params)
+        if any(p.ndim != 2 for p in params):
+            raise ValueError("Muon only takes 2-D weight matrices")
+        by_shape: dict[tuple[int, int], list] = {}
+        for p in params:
+            by_shape.setdefault(tuple(p.shape), []).append(p)
+        groups = [dict(params=ps) for _, ps in sorted(by_shape.items())]
+        super().__init__(groups, dict(lr=lr, momentum=momentum, ns_steps=ns_steps))
+        self.ns_fn = ns_fn or newton_schulz
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            params = group["params"]
+            with_grad = [p.grad is not None for p in params]
+            if not any(with_grad):
+                continue
+            if not all(with_grad):
+                raise RuntimeError("Muon: every matrix of a shape group needs a gradient (the momentum is stacked)")
+            g = torch.stack([p.grad for p in params]).float()
+            state = self.state[params[0]]
+            if "stacked_momentum" not in state:
+                state["stacked_momentum"] = torch.zeros_like(g)
+            buf = state["stacked_momentum"]
+            m = group["momentum"]
+            buf.lerp_(g, 1 - m)
+            g.lerp_(buf, m)
+            O = self.ns_fn(g, group["ns_steps"])
+            rows, cols = params[0].shape
+            alpha = -group["lr"] * max(1.0, rows / cols) ** 0.5
+            torch._foreach_add_(params, list(O.to(params[0].dtype).unbind(0)), alpha=alpha)
+
+
+def setup_optimizers(
+    model: GPT,
+    unembedding_lr: float = 0.004,
+    embedding_lr: float = 0.2,
+    matrix_lr: float = 0.02,
+    weight_decay: float = 0.0,
+    *,
+    fused: bool | None = None,
+    ns_fn: Callable | None = None,
+) -> list[torch.optim.Optimizer]:
+    """nanochat's classic split: ``[AdamW(lm_head, wte), Muon(block matrices)]``.
+
+    AdamW lrs scale by ``(n_embd/768)**-0.5``; Muon's lr does not. ``fused``
+    defaults to True on CUDA (nanochat's single-GPU AdamW), the plain foreach
+    implementation elsewhere.
+    """
+    scale = (model.config.n_embd / 768) ** -0.5
+    device = model.lm_head.weight.device
+    fused = (device.type == "cuda") if fused is None else fused
+    adamw = torch.optim.AdamW(
+        [
+            dict(params=[model.lm_head.weight], lr=unembedding_lr * scale),
+            dict(params=[model.transformer.wte.weight], lr=embedding_lr * scale),
+        ],
+        betas=(0.8, 0.95),
+        eps=1e-10,
+        weight_decay=weight_decay,
+        fused=fused,
+    )
+    muon = Muon(model.transformer.h.parameters(), lr=matrix_lr, momentum=0.95, ns_fn=ns_fn)
+    return [adamw, muon]
+
+
+# --------------------------------------------------------------------------- training step
+
+
+class Trainer:
+    """forward + backward + optimizer step, base_train's inner loop.
+
+    ``train_step(x, y)`` takes ``(B, T)`` or ``(A, B, T)`` token tensors (A
+    micro-batches of gradient accumulation) and returns the mean loss as a
+    device tensor without reading it (the caller decides when to sync).
+    Learning-rate multiplier and Muon momentum are per-step arguments, set on
+    the param groups as base_train does (``lr = initial_lr * lrm``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizers: Sequence[torch.optim.Optimizer],
+        *,
+        grad_clip: float = 1.0,
+        autocast_dtype: torch.dtype | None = None,
+        compile_model: bool = False,
+        sync_grad_norm: bool = False,
+    ):
+        self.model = model
+        self.forward = torch.compile(model, dynamic=False) if compile_model else model
+        self.optimizers = list(optimizers)
+        self.grad_clip = grad_clip
+        self.sync_grad_norm = sync_grad_norm  # nanochat classic's `.item()` on the norm
+        self.device = next(model.parameters()).device
+        self.autocast_dtype = autocast_dtype
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                group.setdefault("initial_lr", group["lr"])
+        self.last_grad_norm = None
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, lr_multiplier: float = 1.0, muon_momentum: float = 0.95) -> torch.Tensor:
+        if x.ndim == 2:
+            x, y = x[None], y[None]
+        accum = x.size(0)
+        total = torch.zeros((), device=self.device)
+        for i in range(accum):
+            with self._autocast():
+                loss = self.forward(x[i], y[i])
+            total += loss.detach()
+            (loss / accum).backward()
+        if self.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip, foreach=True)
+            self.last_grad_norm = norm.item() if self.sync_grad_norm else norm
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"] * lr_multiplier
+                if "momentum" in group and "betas" not in group:  # Muon groups (not AdamW's)
+                    group["momentum"] = muon_momentum
+            opt.step()
+        self.model.zero_grad(set_to_none=True)
+        return total / accum
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def configure_torch(device: torch.device) -> None:
+    """nanochat's process settings: seed 42, TF32 matmuls (``high`` precision) on CUDA."""
+    torch.manual_seed(42)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def build_trainer(
+    config: GPTConfig,
+    device: torch.device | str | None = None,
+    *,
+    compile: bool | None = None,
+    autocast: bool | None = None,
+    grad_clip: float = 1.0,
+    wte_bf16: bool | None = None,
+) -> Trainer:
+    """This module's model and optimizers on ``device``, set up like base_train.
+
+    Defaults follow the device: on CUDA bf16 autocast, bf16 ``wte``,
+    ``torch.compile`` of the model and of Newton-Schulz; on CPU plain fp32
+    eager (Inductor's CPU compile is slow and the CPU run is a smoke test).
+    """
+    device = resolve_device(device) if not isinstance(device, torch.device) else device
+    on_cuda = device.type == "cuda"
+    compile = on_cuda if compile is None else compile
+    autocast = on_cuda if autocast is None else autocast
+    wte_bf16 = on_cuda if wte_bf16 is None else wte_bf16
+    with torch.device("meta"):
+        model = GPT(config)
+    model.to_empty(device=device)
+    model.init_weights()
+    if wte_bf16:
+        model.transformer.wte.to(dtype=torch.bfloat16)
+    ns_fn = torch.compile(newton_schulz, dynamic=False) if compile else None
+    return Trainer(
+        model,
+        setup_optimizers(model, ns_fn=ns_fn),
+        grad_clip=grad_clip,
+        autocast_dtype=torch.bfloat16 if autocast else None,
+        compile_model=compile,
+    )
+
+
+# --------------------------------------------------------------------------- a user's nanochat checkout
+
+
+class NanochatImportError(RuntimeError):
+    """The ``--nanochat`` path does not hold an importable nanochat."""
+
+
+def import_nanochat_gpt(path: str | Path):
+    """Import ``nanochat.gpt`` from a checkout root (the directory holding ``nanochat/``)."""
+    root = Path(path).expanduser().resolve()
+    if not (root / "nanochat" / "gpt.py").is_file():
+        raise NanochatImportError(
+            f"--nanochat {path}: no nanochat/gpt.py under {root}; pass the root of a nanochat git checkout"
+        )
+    sys.path.insert(0, str(root))
+    for name in [m for m in sys.modules if m == "nanochat" or m.startswith("nanochat.")]:
+        del sys.modules[name]  # a different `nanochat` imported earlier must not shadow the checkout
+    try:
+        module = importlib.import_module("nanochat.gpt")
+    except Exception as e:  # any import-time failure (missing deps, syntax) gets the same clear message
+        raise NanochatImportError(f"--nanochat {path}: importing nanochat.gpt failed: {type(e).__name__}: {e}") from e
+    missing = [n for n in ("GPT", "GPTConfig") if not hasattr(module, n)]
+    if missing:
+        raise NanochatImportError(f"--nanochat {path}: nanochat.gpt has no {', '.join(missing)}")
+    return module
+
+
+def build_nanochat_trainer(
+    path: str | Path,
+    config: GPTConfig,
+    device: torch.device | str | None = None,
+    *,
+    compile: bool | None = None,
+    grad_clip: float = 1.0,
+) -> Trainer:
+    """A user's nanochat model + optimizers, driven the way classic base_train drives them.
+
+    ``GPT(GPTConfig(...))`` on the meta device, ``to_empty`` + ``init_weights()``,
+    ``torch.compile(model, dynamic=False)``, bf16 autocast on CUDA,
+    ``setup_optimizers(unembedding_lr, embedding_lr, matrix_lr, weight_decay)``
+    -> ``[adamw, muon]``, clip with the ``.item()`` base_train does. A HEAD
+    checkout's single ``setup_optimizer`` is accepted too (best effort).
+    """
+    module = import_nanochat_gpt(path)
+    device = resolve_device(device) if not isinstance(device, torch.device) else device
+    on_cuda = device.type == "cuda"
+    compile = on_cuda if compile is None else compile
+    with torch.device("meta"):
+        model = module.GPT(module.GPTConfig(**dataclasses.asdict(config)))
+    model.to_empty(device=device)
+    model.init_weights()
+    lrs = dict(unembedding_lr=0.004, embedding_lr=0.2, matrix_lr=0.02, weight_decay=0.0)
+    if hasattr(model, "setup_optimizers"):
+        optimizers = model.setup_optimizers(**lrs)
+    elif hasattr(model, "setup_optimizer"):
+        optimizers = [model.setup_optimizer(**lrs)]
+    else:
+        raise NanochatImportError(f"--nanochat {path}: GPT has neither setup_optimizers nor setup_optimizer")
+    return Trainer(
+        model,
+        optimizers,
+        grad_clip=grad_clip,
+        autocast_dtype=torch.bfloat16 if on_cuda else None,
+        compile_model=compile,
+        sync_grad_norm=True,
+    )
+
+
+# --------------------------------------------------------------------------- benchmark
+
+
+def synthetic_batch(vocab_size: int, grad_accum: int, rows: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """The exact tokens ``bench/step.py`` feeds the JAX step (same generator, seed and draws)."""
+    rng = np.random.default_rng(0)
+    shape = (grad_accum, rows, seq_len)
+    x = rng.integers(0, vocab_size, shape, dtype=np.int32)
+    y = rng.integers(0, vocab_size, shape, dtype=np.int32)
+    return x, y
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_trainer(trainer: Trainer, x: torch.Tensor, y: torch.Tensor, *, steps: int, warmup: int) -> dict:
+    """Median step time after warm-up; every timed step ends by reading its loss.
+
+    The first step compiles (torch.compile is lazy); ``compile_s`` is its
+    wall time minus a median step, so it is comparable to JAX's AOT compile.
+    """
+    device = trainer.device
+    t0 = time.perf_counter()
+    loss = trainer.train_step(x, y)
+    float(loss)
+    _sync(device)
+    first_s = time.perf_counter() - t0
+    for _ in range(max(warmup, 1) - 1):
+        loss = trainer.train_step(x, y)
+    _sync(device)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        loss = trainer.train_step(x, y)
+        float(loss)
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    step_s = statistics.median(times)
+    return {"first_step_s": first_s, "compile_s": max(0.0, first_s - step_s), "step_s": step_s, "loss": float(loss)}
+
+
+def benchmark(
+    *,
+    depth: int,
+    vocab_size: int = 65536,
+    seq_len: int = 2048,
+    device_batch_size: int = 32,
+    grad_accum: int = 1,
+    steps: int = 10,
+    warmup: int = 2,
+    compile: bool | None = None,
+    device: str | None = None,
+    nanochat: str | None = None,
+) -> dict:
+    """Time this module's step (or a nanochat checkout's) on ``bench/step.py``'s tokens."""
+    dev = resolve_device(device)
+    configure_torch(dev)
+    config = GPTConfig.from_depth(depth, vocab_size=vocab_size, sequence_len=seq_len)
+    if nanochat:
+        trainer = build_nanochat_trainer(nanochat, config, dev, compile=compile)
+    else:
+        trainer = build_trainer(config, dev, compile=compile)
+    compiled = trainer.forward is not trainer.model
+    xs, ys = synthetic_batch(vocab_size, grad_accum, device_batch_size, seq_len)
+    x = torch.from_numpy(xs).long().to(dev)
+    y = torch.from_numpy(ys).long().to(dev)
+    timing = time_trainer(trainer, x, y, steps=steps, warmup=warmup)
+    tokens = grad_accum * device_batch_size * seq_len
+    on_cuda = dev.type == "cuda"
+    precision = "bf16 autocast" if trainer.autocast_dtype is not None else "fp32"
+    return {
+        "framework": "nanochat" if nanochat else "torch",
+        "device": torch.cuda.get_device_name(dev) if on_cuda else "cpu",
+        "num_devices": 1,
+        "config": f"d{depth} V={vocab_size} T={seq_len} B={device_batch_size}x{grad_accum} {precision}"
+        f" compile={compiled}" + (f" nanochat={nanochat}" if nanochat else ""),
+        "params": sum(p.numel() for p in trainer.model.parameters()),
+        "compile_s": timing["compile_s"],
+        "first_step_s": timing["first_step_s"],
+        "step_ms": 1000 * timing["step_s"],
+        "tokens_per_s": tokens / timing["step_s"],
+        "peak_mem_gib": torch.cuda.max_memory_allocated(dev) / 2**30 if on_cuda else None,
+        "loss": timing["loss"],
+        "versions": f"torch {torch.__version__}" + (f" (CUDA {torch.version.cuda})" if on_cuda else ""),
+    }
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Time the PyTorch nanochat step alone (bench/mfu.py runs both frameworks).")
+    p.add_argument("--depth", type=int, default=20)
+    p.add_argument("--vocab_size", type=int, default=65536)
+    p.add_argument("--seq_len", type=int, default=2048)
+    p.add_argument("--device_batch_size", type=int, default=32)
+    p.add_argument("--grad_accum", type=int, default=1)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto")
+    p.add_argument("--device", default="auto")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    a = parse_args()
+    compile_flag = {"auto": None, "on": True, "off": False}[a.compile]
+    print(json.dumps(benchmark(
+        depth=a.depth, vocab_size=a.vocab_size, seq_len=a.seq_len, device_batch_size=a.device_batch_size,
+        grad_accum=a.grad_accum, steps=a.steps, warmup=a.warmup, compile=compile_flag, device=a.device,
+    )))
