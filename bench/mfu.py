@@ -125,7 +125,7 @@ def detect_platform(requested: str = "auto") -> str:
         return "gpu"
     if shutil.which("nvidia-smi"):
         try:
-            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False).stdout
         except (OSError, subprocess.SubprocessError):
             return "cpu"
         return "gpu" if "GPU" in out else "cpu"
@@ -293,7 +293,7 @@ def launch(args, framework: str, platform: str) -> dict:
     print(f"[mfu] running the {label} worker ...", file=sys.stderr, flush=True)
     try:
         proc = subprocess.run(worker_argv(args, framework, platform), env=env, capture_output=True, text=True,
-                              timeout=args.timeout, cwd=str(REPO_ROOT))
+                              timeout=args.timeout, cwd=str(REPO_ROOT), check=False)
     except subprocess.TimeoutExpired:
         return {"framework": label, "error": f"timed out after {args.timeout:.0f} s"}
     result = parse_worker_output(proc.stdout)
@@ -348,9 +348,11 @@ def format_table(results: list[dict], facts: dict, args, platform: str) -> str:
         return "n/a" if v is None else f"{v:{spec}}{unit}"
 
     lines = [
-        f"d{args.depth}: {facts['params']:,} params, V={args.vocab_size}, T={args.seq_len}, "
-        f"B={args.device_batch_size}x{args.grad_accum} -> {args.device_batch_size * args.grad_accum * args.seq_len:,} tokens/step; "
-        f"{args.steps} timed steps after {args.warmup} warm-up; platform {platform}",
+        (
+            f"d{args.depth}: {facts['params']:,} params, V={args.vocab_size}, T={args.seq_len}, "
+            f"B={args.device_batch_size}x{args.grad_accum} -> {args.device_batch_size * args.grad_accum * args.seq_len:,} tokens/step; "
+            f"{args.steps} timed steps after {args.warmup} warm-up; platform {platform}"
+        ),
         f"FLOPs/token {facts['flops_per_token']:.6e} (nanochat: 6(N - N_wte) + 12 L H D T)",
         "",
         "| framework | device | step (median) | tokens/s | MFU | peak memory | compile | loss (last) |",

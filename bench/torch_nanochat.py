@@ -539,7 +539,8 @@ def time_trainer(trainer: Trainer, x: torch.Tensor, y: torch.Tensor, *, steps: i
     """Median step time after warm-up; every timed step ends by reading its loss.
 
     The first step compiles (torch.compile is lazy); ``compile_s`` is its
-    wall time minus a median step, so it is comparable to JAX's AOT compile.
+    wall time minus a median step, comparable to JAX's AOT compile time
+    (None for an eager model, where the difference is only warm-up noise).
     """
     device = trainer.device
     t0 = time.perf_counter()
@@ -558,7 +559,8 @@ def time_trainer(trainer: Trainer, x: torch.Tensor, y: torch.Tensor, *, steps: i
         _sync(device)
         times.append(time.perf_counter() - t)
     step_s = statistics.median(times)
-    return {"first_step_s": first_s, "compile_s": max(0.0, first_s - step_s), "step_s": step_s, "loss": float(loss)}
+    compile_s = max(0.0, first_s - step_s) if trainer.forward is not trainer.model else None
+    return {"first_step_s": first_s, "compile_s": compile_s, "step_s": step_s, "loss": float(loss)}
 
 
 def benchmark(

@@ -23,9 +23,12 @@ STAGES = ("base", "mid", "sft", "rl")
 # How each stage's checkpoints come into being (printed when none exists).
 CREATE_HINTS = {
     "base": "python -m train.pretrain --config=configs/tiny.py",
-    "mid": "python -m train.mid_train (after base training)",
-    "sft": "python -m train.chat_sft (after base/mid training)",
-    "rl": "python -m train.chat_rl (after SFT)",
+    "mid": "python -m nanochat_jax.convert to-jax --src <nanochat mid_checkpoints/d20> --out <this directory>"
+    " (midtraining is not in nanochat_jax yet; -i base chats with a base model)",
+    "sft": "python -m nanochat_jax.convert to-jax --src <nanochat chatsft_checkpoints/d20> --out <this directory>"
+    " (SFT is not in nanochat_jax yet; -i base chats with a base model)",
+    "rl": "python -m nanochat_jax.convert to-jax --src <nanochat chatrl_checkpoints/d20> --out <this directory>"
+    " (RL is not in nanochat_jax yet; -i base chats with a base model)",
 }
 
 

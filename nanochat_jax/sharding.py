@@ -26,20 +26,29 @@ DATA_AXIS = "data"
 def maybe_initialize_distributed() -> None:
     """Call ``jax.distributed.initialize()`` when launched as several processes.
 
-    Detection covers what ``jax.distributed`` itself understands: an explicit
-    coordinator (``JAX_COORDINATOR_ADDRESS``), SLURM multi-task jobs, and
-    multi-host TPU VMs / Cloud TPU pods. A single process does nothing.
+    Detected launches: SLURM (``srun``) and Open MPI (``mpirun``) jobs of more than
+    one task, multi-host Cloud TPU VMs / pods (JAX finds everything itself), and a
+    manual launch that sets ``JAX_COORDINATOR_ADDRESS=host:port`` plus
+    ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` on every host. A single process
+    does nothing, so the same command runs on a laptop.
     """
     if getattr(maybe_initialize_distributed, "_done", False):
         return
+    env = os.environ
     launched_multi = (
-        os.environ.get("JAX_COORDINATOR_ADDRESS")
-        or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-        or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0
-        or int(os.environ.get("MEGASCALE_NUM_SLICES", "1")) > 1
+        env.get("JAX_COORDINATOR_ADDRESS")
+        or int(env.get("SLURM_NTASKS", "1")) > 1
+        or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+        or env.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0
+        or int(env.get("MEGASCALE_NUM_SLICES", "1")) > 1
     )
     if launched_multi:
-        jax.distributed.initialize()
+        kwargs = {}
+        if "JAX_NUM_PROCESSES" in env:
+            kwargs["num_processes"] = int(env["JAX_NUM_PROCESSES"])
+        if "JAX_PROCESS_ID" in env:
+            kwargs["process_id"] = int(env["JAX_PROCESS_ID"])
+        jax.distributed.initialize(**kwargs)
     maybe_initialize_distributed._done = True
 
 

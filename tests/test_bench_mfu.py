@@ -200,6 +200,41 @@ def test_build_trainer_defaults_follow_the_device():
     assert all(g["lr"] == 0.02 for g in muon.param_groups)
 
 
+def test_jax_step_matmuls_take_bf16_operands():
+    """NOTES.md item "bf16 operands for every matmul", checked on the lowered step (no GPU needed).
+
+    fp32 dots run at best at TF32 speed on an H100. In the bf16 train step
+    every dot_general (model, loss, backward, Muon's Newton-Schulz) must have
+    bf16 operands; the one allowed exception is the XLA attention fallback's
+    probabilities x V (fp32 softmax output), which cuDNN attention replaces.
+    """
+    import re
+
+    B, T = 2, 32  # T != head_dim (16), so a (B, H, T, T) probability tensor is recognisable by size
+    cfg = GPTConfig(**{**TINY, "sequence_len": T}, compute_dtype="bfloat16", attention_impl="xla")
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    tx = nanochat_optimizer(cfg, mesh=mesh, shard_muon=False)
+    from nanochat_jax.gpt import GPT
+
+    graphdef, state, shardings = init_train_state(GPT(cfg, rngs=nnx.Rngs(0)), tx, mesh, shard_muon=False)
+    step = make_train_step(graphdef, tx, shardings, mesh, grad_clip=1.0)
+    x = sharding.make_global_microbatches(np.zeros((1, B, T), np.int32), mesh)
+    text = step.lower(state, x, x, np.float32(1), np.float32(0.95)).as_text()
+    dots = re.findall(r"stablehlo\.dot_general.*?:\s*\((tensor<[^>]*>),\s*(tensor<[^>]*>)\)", text)
+    assert len(dots) > 20
+
+    def dtype(t):
+        return t.rsplit("x", 1)[-1].rstrip(">")
+
+    def numel(t):
+        return math.prod(int(d) for d in t[len("tensor<"):].split("x")[:-1])
+
+    not_bf16 = [(a, b) for a, b in dots if dtype(a) != "bf16" or dtype(b) != "bf16"]
+    for a, b in not_bf16:  # attention probabilities (fp32) x values (bf16), nothing else
+        assert dtype(a) == "f32" and dtype(b) == "bf16" and numel(a) == B * TINY["n_head"] * T * T, (a, b)
+    assert len(not_bf16) <= 2 * TINY["n_layer"]
+
+
 # --------------------------------------------------------------------------- harness pieces (in-process)
 
 
@@ -258,14 +293,14 @@ SMOKE = ["--depth", "1", "--vocab_size", "256", "--seq_len", "64", "--device_bat
 
 def run_mfu(argv, timeout=240):
     return subprocess.run([sys.executable, str(REPO / "bench" / "mfu.py"), *argv], capture_output=True, text=True,
-                          timeout=timeout, cwd=str(REPO))
+                          timeout=timeout, cwd=str(REPO), check=False)
 
 
 def test_mfu_end_to_end_both_frameworks(tmp_path):
     out = tmp_path / "mfu.json"
     proc = run_mfu(SMOKE + ["--json", str(out)])
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = [ln for ln in proc.stdout.splitlines() if ln.startswith("| jax |") or ln.startswith("| torch |")]
+    rows = [ln for ln in proc.stdout.splitlines() if ln.startswith(("| jax |", "| torch |"))]
     assert len(rows) == 2, proc.stdout
     assert all("| n/a |" in r for r in rows)  # MFU: no published CPU peak
     assert "JAX / PyTorch tokens/s: " in proc.stdout and "x" in proc.stdout.split("JAX / PyTorch tokens/s: ")[1]
