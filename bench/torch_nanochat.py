@@ -8,10 +8,9 @@ same device. It is written in this project from the model description
 tested for parity against the JAX model (``tests/test_bench_mfu.py``).
 
 What makes it the nanochat baseline and not a strawman:
-- the classic GPT with nanochat's parameter names and ``(out, in)`` layout
-  (``transformer.wte``, ``transformer.h.{i}.attn.c_q/c_k/c_v/c_proj``,
-  ``transformer.h.{i}.mlp.c_fc/c_proj``, ``lm_head``), so state dicts move
-  between this module, ``tests/torch_reference.py``, nanochat itself and
+- the model is ``tests/torch_reference.py``, the classic GPT with nanochat's
+  parameter names and ``(out, in)`` layout that every JAX parity test is
+  checked against, so state dicts move between it, nanochat itself and
   ``nanochat_jax.convert``;
 - bf16 autocast on CUDA (fp32 elsewhere), ``wte`` stored in bf16 on CUDA (as
   nanochat does), ``torch.compile(model, dynamic=False)``, SDPA causal
@@ -37,7 +36,6 @@ import contextlib
 import dataclasses
 import importlib
 import json
-import math
 import statistics
 import sys
 import time
@@ -47,194 +45,15 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-PAD_VOCAB_TO = 64
-ROTARY_BASE = 10000
-SOFTCAP = 15.0
+# The model is the project's one PyTorch implementation of classic nanochat,
+# the independent reference every parity test compares JAX against; the
+# benchmark drives exactly that module (compiled, under bf16 autocast).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from torch_reference import GPT, GPTConfig  # noqa: E402
+
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 NS_EPS = 1e-7
-
-
-# --------------------------------------------------------------------------- model
-
-
-@dataclasses.dataclass
-class GPTConfig:
-    """nanochat's six model fields (classic); ``from_depth`` is the depth dial."""
-
-    sequence_len: int = 1024
-    vocab_size: int = 50304
-    n_layer: int = 12
-    n_head: int = 6
-    n_kv_head: int = 6
-    n_embd: int = 768
-
-    @classmethod
-    def from_depth(cls, depth: int, vocab_size: int = 65536, sequence_len: int = 2048) -> "GPTConfig":
-        """n_embd = 64*depth, head_dim 128 (n_head = ceil(n_embd/128)), no GQA."""
-        n_embd = 64 * depth
-        n_head = max(1, math.ceil(n_embd / 128))
-        return cls(sequence_len, vocab_size, depth, n_head, n_head, n_embd)
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-    @property
-    def padded_vocab_size(self) -> int:
-        return -(-self.vocab_size // PAD_VOCAB_TO) * PAD_VOCAB_TO
-
-    def num_params(self) -> int:
-        C, D = self.n_embd, self.head_dim
-        per_layer = C * self.n_head * D + 2 * C * self.n_kv_head * D + C * C + 8 * C * C
-        return self.n_layer * per_layer + 2 * self.padded_vocab_size * C
-
-    def flops_per_token(self) -> int:
-        """nanochat's estimate: 6*(N - N_wte) + 12*L*H*D*T."""
-        attn = 12 * self.n_layer * self.n_head * self.head_dim * self.sequence_len
-        return 6 * (self.num_params() - self.padded_vocab_size * self.n_embd) + attn
-
-
-def _sdpa_has_gqa() -> bool:
-    """``enable_gqa`` arrived in torch 2.5; older versions need k/v repeated by hand."""
-    major, minor = (int(p) for p in torch.__version__.split(".")[:2])
-    return (major, minor) >= (2, 5)
-
-
-_SDPA_GQA = _sdpa_has_gqa()
-
-
-def rms_norm(x: torch.Tensor) -> torch.Tensor:
-    """Parameter-free RMSNorm, torch's default eps (nanochat's ``norm``)."""
-    return F.rms_norm(x, (x.size(-1),))
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Half-split rotary on ``(B, T, H, D)`` with nanochat's sign convention.
-
-    The tables are bf16 (as nanochat keeps them): with bf16 activations the
-    math stays bf16; with fp32 activations it promotes to fp32.
-    """
-    d = x.size(-1) // 2
-    x1, x2 = x[..., :d], x[..., d:]
-    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1).to(x.dtype)
-
-
-class CausalSelfAttention(nn.Module):
-    def __init__(self, config: GPTConfig):
-        super().__init__()
-        if config.n_embd % config.n_head or config.n_head % config.n_kv_head:
-            raise ValueError(f"bad head layout: n_embd={config.n_embd} n_head={config.n_head} n_kv_head={config.n_kv_head}")
-        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
-        C, D = config.n_embd, config.head_dim
-        self.c_q = nn.Linear(C, self.n_head * D, bias=False)
-        self.c_k = nn.Linear(C, self.n_kv_head * D, bias=False)
-        self.c_v = nn.Linear(C, self.n_kv_head * D, bias=False)
-        self.c_proj = nn.Linear(C, C, bias=False)
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
-        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
-        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
-        q, k = rms_norm(apply_rotary(q, cos, sin)), rms_norm(apply_rotary(k, cos, sin))  # rotary, then QK-norm
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # SDPA wants (B, H, T, D)
-        gqa = self.n_head != self.n_kv_head
-        if gqa and not _SDPA_GQA:
-            rep = self.n_head // self.n_kv_head
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        elif gqa:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
-
-
-class MLP(nn.Module):
-    def __init__(self, config: GPTConfig):
-        super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.relu(self.c_fc(x)).square())  # ReLU^2
-
-
-class Block(nn.Module):
-    def __init__(self, config: GPTConfig):
-        super().__init__()
-        self.attn = CausalSelfAttention(config)
-        self.mlp = MLP(config)
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(rms_norm(x), cos, sin)
-        return x + self.mlp(rms_norm(x))
-
-
-class GPT(nn.Module):
-    """Classic nanochat GPT: ``model(idx)`` -> fp32 logits, ``model(idx, targets)`` -> loss."""
-
-    def __init__(self, config: GPTConfig):
-        super().__init__()
-        self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            )
-        )
-        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
-        cos, sin = self._rotary_tables()
-        # Non-persistent so state_dict() has exactly nanochat's keys.
-        self.register_buffer("cos", cos, persistent=False)
-        self.register_buffer("sin", sin, persistent=False)
-
-    def _rotary_tables(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(1, 10*sequence_len, 1, D/2)`` tables, computed in fp32 and stored in bf16."""
-        D = self.config.head_dim
-        inv_freq = 1.0 / (ROTARY_BASE ** (torch.arange(0, D, 2, dtype=torch.float32, device=device) / D))
-        t = torch.arange(10 * self.config.sequence_len, dtype=torch.float32, device=device)
-        freqs = torch.outer(t, inv_freq)
-        return freqs.cos().bfloat16()[None, :, None, :], freqs.sin().bfloat16()[None, :, None, :]
-
-    @torch.no_grad()
-    def init_weights(self) -> None:
-        """nanochat's init (also rebuilds the rotary buffers after ``to_empty``).
-
-        Linear N(0, 1/sqrt(fan_in) * min(1, sqrt(fan_out/fan_in))), embedding
-        N(0, 1), lm_head and both c_proj zero.
-        """
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                fan_out, fan_in = m.weight.shape
-                nn.init.normal_(m.weight, 0.0, 1.0 / math.sqrt(fan_in) * min(1.0, math.sqrt(fan_out / fan_in)))
-            elif isinstance(m, nn.Embedding):
-                nn.init.normal_(m.weight, 0.0, 1.0)
-        nn.init.zeros_(self.lm_head.weight)
-        for block in self.transformer.h:
-            nn.init.zeros_(block.attn.c_proj.weight)
-            nn.init.zeros_(block.mlp.c_proj.weight)
-        self.cos, self.sin = self._rotary_tables(device=self.lm_head.weight.device)
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, loss_reduction: str = "mean"):
-        T = idx.size(1)
-        cos, sin = self.cos[:, :T], self.sin[:, :T]
-        x = rms_norm(self.transformer.wte(idx))
-        for block in self.transformer.h:
-            x = block(x, cos, sin)
-        logits = self.lm_head(rms_norm(x))
-        logits = logits[..., : self.config.vocab_size].float()  # slice the padding, then fp32
-        logits = SOFTCAP * torch.tanh(logits / SOFTCAP)
-        if targets is None:
-            return logits
-        return F.cross_entropy(
-            logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1, reduction=loss_reduction
-        )
 
 
 # --------------------------------------------------------------------------- Muon
