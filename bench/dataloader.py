@@ -31,24 +31,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pyarrow.parquet as pq  # noqa: E402
-
 from nanochat_jax.dataloader import build_pretrain_loader  # noqa: E402
 from nanochat_jax.dataset import parquet_files_for_split, resolve_data_dir  # noqa: E402
 from nanochat_jax.tokenizer import Tokenizer  # noqa: E402
+from train.tokenizer import iter_train_texts  # noqa: E402
 
 
 def train_texts(data_dir, max_chars: int) -> list[str]:
-    """Documents of the train split up to ``max_chars`` characters in total."""
-    out, n = [], 0
-    for f in parquet_files_for_split("train", data_dir):
-        for t in pq.read_table(f, columns=["text"]).column("text").to_pylist():
-            if t:
-                out.append(t)
-                n += len(t)
-                if n >= max_chars:
-                    return out
-    return out
+    """The train split's first ``max_chars`` characters, as the tokenizer trainer reads them."""
+    return list(iter_train_texts(parquet_files_for_split("train", data_dir), max_chars, doc_cap=10_000))
 
 
 def get_tokenizer(args) -> tuple[Tokenizer, str]:

@@ -21,6 +21,9 @@ starve or flatter the other, and each gets its own tuned environment.
   classic ``base_train`` drives it.
 - Both use the same synthetic tokens (numpy seed 0) and report the loss after
   their last step as a sanity check that the same thing was trained.
+  ``--data_dir`` feeds the JAX side from the project's real data loader
+  instead (every step a new batch, waits for data included), to show the
+  loader keeps up; its loss is then on real text and not comparable.
 
 MFU is nanochat's: ``flops_per_token * tokens/s / peak`` with
 ``GPTConfig.flops_per_token()`` (6(N - N_wte) + 12 L H D T) and the bf16 peak
@@ -84,6 +87,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compute_dtype", default="auto", help="JAX: auto = bfloat16 on GPU, float32 on CPU")
     p.add_argument("--no_shard_muon", action="store_true")
     p.add_argument("--no_xla_flags", action="store_true", help="drop the JAX GPU env/flag defaults (see above)")
+    p.add_argument("--data_dir", default=None, help='JAX side on real data through the project loader ("sample", "" = base_data/, a path)')
+    p.add_argument("--tokenizer_dir", default="", help="with --data_dir: the tokenizer, as bench/step.py takes it")
+    p.add_argument("--loader_mode", default="stream", choices=["stream", "bestfit"])
     # PyTorch switches.
     p.add_argument("--torch_compile", default="auto", choices=["auto", "on", "off"], help="auto = on for CUDA, off on CPU")
     p.add_argument("--torch_threads", type=int, default=0,
@@ -204,6 +210,7 @@ def _jax_worker(args) -> dict:
         "--compute_dtype", args.compute_dtype, "--attention_impl", args.attention_impl, "--remat", args.remat,
         "--steps", str(args.steps), "--warmup", str(args.warmup),
     ] + (["--scan_layers"] if args.scan_layers else []) + (["--no_shard_muon"] if args.no_shard_muon else [])
+    argv += real_data_argv(args)
     result = step.benchmark(step.parse_args(argv))
     import flax
     import jaxlib
@@ -258,6 +265,13 @@ def run_worker(args) -> int:
 # --------------------------------------------------------------------------- parent
 
 
+def real_data_argv(args) -> list[str]:
+    """``--data_dir`` & co. for the JAX side, when real data was asked for."""
+    if args.data_dir is None:
+        return []
+    return ["--data_dir", args.data_dir, "--tokenizer_dir", args.tokenizer_dir, "--loader_mode", args.loader_mode]
+
+
 def worker_argv(args, framework: str, platform: str) -> list[str]:
     argv = [
         sys.executable, str(Path(__file__).resolve()), "--worker", framework, "--platform", platform,
@@ -270,7 +284,7 @@ def worker_argv(args, framework: str, platform: str) -> list[str]:
     argv += ["--scan_layers"] if args.scan_layers else []
     argv += ["--no_shard_muon"] if args.no_shard_muon else []
     argv += ["--nanochat", str(Path(args.nanochat).expanduser().resolve())] if args.nanochat else []
-    return argv
+    return argv + (real_data_argv(args) if framework == "jax" else [])
 
 
 def parse_worker_output(stdout: str) -> dict | None:

@@ -1,12 +1,21 @@
-"""Benchmark the real train step (the one train.pretrain compiles) on synthetic tokens.
+"""Benchmark the real train step (the one train.pretrain compiles), on synthetic tokens or real data.
 
     python bench/step.py --depth 20 --device_batch_size 32 --seq_len 2048          # one H100
     python bench/step.py --depth 2 --vocab_size 512 --seq_len 128 --device_batch_size 4   # CPU smoke
+    python bench/step.py --depth 20 --data_dir sample --tokenizer_dir sample_tokenizer   # + the data loader
 
 Prints compile time, median step time, tokens/s, MFU (nanochat's FLOPs
 formula and peak table, see nanochat_jax.hardware) and peak device memory.
 Medians over timed steps after warm-up; each timed step is synchronised on
 its loss, so step time includes everything the device does.
+
+By default one synthetic batch (numpy seed 0) is reused for every step, so
+only the device is measured. With ``--data_dir`` every step instead pulls its
+micro-batches from the project's loader (``train.pretrain``'s data path:
+tokenizing, packing, host-to-device assembly) and the timed step includes any
+wait for data. The tokenizer (``--tokenizer_dir``, resolved like the config
+field) may have a smaller vocabulary than ``--vocab_size``: its ids are valid
+in the larger model, and token values do not change the kernels.
 """
 
 from __future__ import annotations
@@ -39,7 +48,34 @@ def parse_args(argv=None):
     p.add_argument("--no_shard_muon", action="store_true")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
+    p.add_argument("--data_dir", default=None, help='real data: "sample", "" (base_data/) or a path; default synthetic tokens')
+    p.add_argument("--tokenizer_dir", default="", help='with --data_dir: "" = <base dir>/tokenizer, a name under the base dir, or a path')
+    p.add_argument("--loader_mode", default="stream", choices=["stream", "bestfit"])
     return p.parse_args(argv)
+
+
+def synthetic_batches(args, mesh):
+    """The same global ``(A, B, T)`` batch forever (numpy seed 0; ``bench/torch_nanochat.py`` draws the same)."""
+    rows = args.device_batch_size * jax.local_device_count()
+    rng = np.random.default_rng(0)
+    shape = (args.grad_accum, rows, args.seq_len)
+    x = sharding.make_global_microbatches(rng.integers(0, args.vocab_size, shape, dtype=np.int32), mesh)
+    y = sharding.make_global_microbatches(rng.integers(0, args.vocab_size, shape, dtype=np.int32), mesh)
+    while True:
+        yield x, y
+
+
+def loader_batches(args, mesh):
+    """Real batches from the pretraining loader, as ``train.pretrain`` feeds its step; returns (batches, loader)."""
+    from nanochat_jax.dataloader import build_pretrain_loader, iter_global_microbatches
+    from nanochat_jax.tokenizer import Tokenizer, tokenizer_dir
+
+    tokenizer = Tokenizer.from_directory(tokenizer_dir(args.tokenizer_dir))
+    if tokenizer.get_vocab_size() > args.vocab_size:
+        raise SystemExit(f"tokenizer vocab {tokenizer.get_vocab_size():,} > --vocab_size {args.vocab_size:,}: its ids would not fit the model")
+    rows = args.device_batch_size * jax.local_device_count()
+    loader = build_pretrain_loader(tokenizer, args.data_dir, "train", rows, args.seq_len, mode=args.loader_mode)
+    return iter_global_microbatches(loader, mesh, args.grad_accum), loader
 
 
 def benchmark(args) -> dict:
@@ -54,33 +90,41 @@ def benchmark(args) -> dict:
     graphdef, state, shardings = init_train_state(GPT(config, rngs=nnx.Rngs(0)), tx, mesh, shard_muon=shard_muon)
     step_fn = make_train_step(graphdef, tx, shardings, mesh, grad_clip=1.0)
 
-    rows = args.device_batch_size * jax.local_device_count()
-    rng = np.random.default_rng(0)
-    shape = (args.grad_accum, rows, args.seq_len)
-    x = sharding.make_global_microbatches(rng.integers(0, args.vocab_size, shape, dtype=np.int32), mesh)
-    y = sharding.make_global_microbatches(rng.integers(0, args.vocab_size, shape, dtype=np.int32), mesh)
+    loader = None
+    if args.data_dir is None:
+        batches = synthetic_batches(args, mesh)
+    else:
+        batches, loader = loader_batches(args, mesh)
     lrm, mom = np.float32(1.0), np.float32(0.95)
 
-    t0 = time.perf_counter()
-    compiled = step_fn.lower(state, x, y, lrm, mom).compile()
-    compile_s = time.perf_counter() - t0
-    for _ in range(args.warmup):
-        state, metrics = compiled(state, x, y, lrm, mom)
-    jax.block_until_ready(metrics)
-    times = []
-    for _ in range(args.steps):
-        t = time.perf_counter()
-        state, metrics = compiled(state, x, y, lrm, mom)
-        float(metrics["loss"])
-        times.append(time.perf_counter() - t)
+    try:
+        x, y = next(batches)
+        t0 = time.perf_counter()
+        compiled = step_fn.lower(state, x, y, lrm, mom).compile()
+        compile_s = time.perf_counter() - t0
+        for _ in range(args.warmup):
+            state, metrics = compiled(state, x, y, lrm, mom)
+            x, y = next(batches)
+        jax.block_until_ready(metrics)
+        times = []
+        for _ in range(args.steps):
+            t = time.perf_counter()
+            state, metrics = compiled(state, x, y, lrm, mom)
+            x, y = next(batches)  # the next step's data is prepared while this one runs, as in train.pretrain
+            float(metrics["loss"])
+            times.append(time.perf_counter() - t)
+    finally:
+        if loader is not None:
+            loader.close()
     step_s = statistics.median(times)
-    tokens = args.grad_accum * rows * jax.process_count() * args.seq_len
+    tokens = args.grad_accum * args.device_batch_size * jax.device_count() * args.seq_len
     mfu = hardware.mfu(config.flops_per_token(), tokens, step_s)
     peak = hardware.peak_memory_bytes()
     return {
         "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
         "config": f"d{args.depth} V={args.vocab_size} T={args.seq_len} B={args.device_batch_size}x{args.grad_accum} {dtype}"
-        f" remat={args.remat} scan={args.scan_layers} attn={args.attention_impl}",
+        f" remat={args.remat} scan={args.scan_layers} attn={args.attention_impl}"
+        + ("" if args.data_dir is None else f" data={args.data_dir or 'base_data'} ({args.loader_mode})"),
         "params": config.num_params(),
         "compile_s": compile_s,
         "step_ms": 1000 * step_s,

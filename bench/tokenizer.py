@@ -29,20 +29,9 @@ from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pyarrow.parquet as pq  # noqa: E402
-
-from nanochat_jax.common import get_base_dir  # noqa: E402
+from nanochat_jax.dataloader import iter_documents  # noqa: E402
+from nanochat_jax.dataset import DataNotFoundError, list_parquet_files  # noqa: E402
 from nanochat_jax.tokenizer import Tokenizer  # noqa: E402
-
-
-def iter_docs(files: list[Path]) -> Iterator[str]:
-    """All non-null `text` values of `files`, one row group in memory at a time."""
-    for path in files:
-        pf = pq.ParquetFile(path)
-        for rg in range(pf.num_row_groups):
-            for doc in pf.read_row_group(rg, columns=["text"]).column("text").to_pylist():
-                if doc:
-                    yield doc
 
 
 class CyclicText:
@@ -64,7 +53,7 @@ class CyclicText:
         while remaining > 0:
             self.passes += 1
             yielded_this_pass = 0
-            for doc in iter_docs(self.files):
+            for doc in iter_documents(self.files):
                 doc = doc[: min(self.doc_cap, remaining)]
                 remaining -= len(doc)
                 yielded_this_pass += len(doc)
@@ -84,7 +73,7 @@ def take_bytes(files: list[Path], n_bytes: int) -> tuple[list[str], bool]:
     docs, total, cycled = [], 0, False
     while total < n_bytes:
         before = total
-        for doc in iter_docs(files):
+        for doc in iter_documents(files):
             docs.append(doc)
             total += len(doc.encode("utf-8"))
             if total >= n_bytes:
@@ -102,7 +91,7 @@ def row(name: str, value: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data_dir", type=str, default=str(get_base_dir() / "base_data"), help="directory of *.parquet shards")
+    p.add_argument("--data_dir", type=str, default="", help='directory of *.parquet shards; "" = base_data/, "sample" = embedded corpus')
     p.add_argument("--vocab_size", type=int, default=65_536)
     p.add_argument("--max_chars", type=int, default=100_000_000, help="characters to train on")
     p.add_argument("--doc_cap", type=int, default=10_000)
@@ -113,11 +102,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tokenizer_dir", type=str, default=None, help="with --skip_train: tokenizer to load")
     args = p.parse_args(argv)
 
-    files = sorted(Path(args.data_dir).glob("*.parquet"))
-    if not files:
-        sys.exit(f"no *.parquet files in {args.data_dir} (download with `python -m nanochat_jax.dataset -n N`)")
+    try:
+        files = list_parquet_files(args.data_dir)
+    except DataNotFoundError as e:
+        sys.exit(str(e))
 
-    print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, {len(files)} parquet file(s) in {args.data_dir}")
+    print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, {len(files)} parquet file(s) in {files[0].parent}")
     print(f"| {'metric':<38} | {'value':>28} |")
     print(f"|{'-' * 40}|{'-' * 30}|")
 

@@ -16,7 +16,9 @@ tokenizer_batch_size=128, buffer_size=1000, prefetch=2, state=None)
 seq_len)`` where ``batch_size`` is *this process's* rows (global batch /
 process count); ``loader.next_global(mesh)`` returns the same step as two
 global ``jax.Array`` built by ``sharding.make_global_batch``;
-``iter_global_batches(loader, mesh)`` is the endless generator form;
+``iter_global_batches(loader, mesh)`` is the endless generator form
+(``iter_global_microbatches(loader, mesh, A)`` stacks A steps for gradient
+accumulation);
 ``get_state()`` / ``set_state()`` give exact resume, by JSON or by Orbax
 (``grain.checkpoint.CheckpointSave(loader)`` /
 ``grain.checkpoint.CheckpointRestore(loader)``); ``close()`` stops the
@@ -184,6 +186,17 @@ def read_row_group_texts(ref: RowGroupRef) -> list[str | None]:
     if len(texts) != ref.num_rows:
         raise CorruptShardError(ref.path, f"row group {ref.row_group} has {len(texts)} rows, footer says {ref.num_rows}")
     return texts
+
+
+def iter_documents(files: Sequence[str | os.PathLike]) -> Iterator[str]:
+    """Every non-empty document of ``files`` in order, one row group in memory at a time.
+
+    The same reading rules as the loaders (invalid UTF-8 replaced, a bad
+    shard named in ``CorruptShardError``), for one-pass consumers such as
+    tokenizer training.
+    """
+    for ref in split_row_groups(files):
+        yield from (text for text in read_row_group_texts(ref) if text)
 
 
 class DocumentReader:
@@ -625,3 +638,12 @@ def iter_global_batches(loader: PretrainLoader, mesh) -> Iterator[tuple[Any, Any
     """Endless ``(inputs, targets)`` global ``jax.Array`` pairs from ``loader``."""
     while True:
         yield loader.next_global(mesh)
+
+
+def iter_global_microbatches(loader: PretrainLoader, mesh, accum: int) -> Iterator[tuple[Any, Any]]:
+    """Endless ``(A, B, T)`` global ``(inputs, targets)`` stacks of ``accum`` steps: one optimizer step's data."""
+    from nanochat_jax.sharding import make_global_microbatches
+
+    while True:
+        xs, ys = zip(*(next(loader) for _ in range(accum)))
+        yield make_global_microbatches(np.stack(xs), mesh), make_global_microbatches(np.stack(ys), mesh)

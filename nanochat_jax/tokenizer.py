@@ -25,6 +25,7 @@ import copy
 import hashlib
 import json
 import numbers
+import os
 import pickle
 import warnings
 from pathlib import Path
@@ -73,9 +74,14 @@ class TokenizerFormatError(ValueError):
     """A tokenizer directory exists but its files are unreadable or inconsistent."""
 
 
-def tokenizer_dir() -> Path:
-    """Default tokenizer location, `<base dir>/tokenizer`, as in nanochat."""
-    return get_base_dir() / "tokenizer"
+def tokenizer_dir(name: str | os.PathLike = "") -> Path:
+    """Where a tokenizer lives: `<base dir>/tokenizer` by default, as in nanochat.
+
+    A config's ``tokenizer_dir`` is passed through here: a relative name
+    resolves under the base dir (``"sample_tokenizer"``), an absolute path is
+    kept as it is.
+    """
+    return get_base_dir() / (Path(name).expanduser() if str(name) else Path("tokenizer"))
 
 
 def _encoding_parts(enc: tiktoken.Encoding) -> tuple[str, str, dict[bytes, int], dict[str, int]]:

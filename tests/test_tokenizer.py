@@ -492,11 +492,12 @@ def write_shards(data_dir: Path) -> tuple[list[str], list[str]]:
 
 
 def test_iter_train_texts_caps_and_uses_train_split_only(tmp_path):
-    from train.tokenizer import iter_train_texts, split_parquet_files
+    from nanochat_jax.dataset import parquet_files_for_split
+    from train.tokenizer import iter_train_texts
 
     train_docs, _ = write_shards(tmp_path)
-    train_files, val_file = split_parquet_files(tmp_path)
-    assert [p.name for p in train_files] == ["shard_00000.parquet"] and val_file.name == "shard_00001.parquet"
+    train_files = parquet_files_for_split("train", tmp_path)
+    assert [p.name for p in train_files] == ["shard_00000.parquet"]
 
     got = list(iter_train_texts(train_files, max_chars=10**9, doc_cap=1000))
     assert got == [d[:1000] for d in train_docs]  # all docs, across both row groups, capped
@@ -537,24 +538,29 @@ def test_train_tokenizer_needs_two_shards(tmp_path):
     from train.tokenizer import train_tokenizer
 
     pq.write_table(pa.table({"text": ["only one"]}), tmp_path / "shard_00000.parquet")
-    with pytest.raises(FileNotFoundError, match=r"at least 2 parquet files.*nanochat_jax.dataset -n N"):
+    with pytest.raises(FileNotFoundError, match=r"training needs at least 2.*nanochat_jax.dataset -n 8"):
         train_tokenizer(tmp_path, tmp_path / "tok", vocab_size=300, max_chars=1000)
-    with pytest.raises(FileNotFoundError, match="found 0"):
+    with pytest.raises(FileNotFoundError, match=r"no parquet shards found in .*nothing.*data_dir=\"sample\""):
         train_tokenizer(tmp_path / "nothing", tmp_path / "tok", vocab_size=300, max_chars=1000)
 
 
 def test_train_tokenizer_cli_error_is_a_message(tmp_path):
     from train.tokenizer import main
 
-    with pytest.raises(SystemExit, match=r"^error: .*at least 2 parquet files"):
+    with pytest.raises(SystemExit, match=r"^error: no parquet shards found"):
         main(["--data_dir", str(tmp_path), "--out", str(tmp_path / "tok")])
+    with pytest.raises(SystemExit, match=r"^error: unknown config field 'tokenizer_vocab'.*tokenizer_vocab_size"):
+        main([f"--config={REPO / 'configs/tiny.py'}", "--config.tokenizer_vocab=300"])
 
 
-def test_resolve_data_dir(tmp_path, monkeypatch):
-    import nanochat_jax
-    from train.tokenizer import resolve_data_dir
+def test_train_tokenizer_from_config(tmp_path, monkeypatch):
+    """`--config` trains what the config's pretraining run will look for, where it will look."""
+    from train.tokenizer import main
 
-    monkeypatch.setenv("NANOCHAT_JAX_BASE_DIR", str(tmp_path))
-    assert resolve_data_dir(None) == tmp_path / "base_data"
-    assert resolve_data_dir("sample") == Path(nanochat_jax.__file__).resolve().parent / "data" / "sample"
-    assert resolve_data_dir(tmp_path / "x") == tmp_path / "x"
+    monkeypatch.setenv("NANOCHAT_JAX_BASE_DIR", str(tmp_path / "base"))
+    write_shards(tmp_path / "data")
+    stats = main([f"--config={REPO / 'configs/tiny.py'}", f"--config.data_dir={tmp_path / 'data'}",
+                  "--config.tokenizer_vocab_size=300", "--config.tokenizer_max_chars=20000"])  # fmt: skip
+    assert stats["train_chars"] == 20_000 and stats["vocab_size"] == 300
+    assert Path(stats["out_dir"]) == tmp_path / "base" / "sample_tokenizer"  # tiny.py's tokenizer_dir
+    assert Tokenizer.from_directory(tmp_path / "base" / "sample_tokenizer").get_vocab_size() == 300

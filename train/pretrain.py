@@ -93,7 +93,7 @@ def resolve_paths(cfg) -> dict[str, Path]:
     tag = cfg.model_tag or f"d{cfg.depth}"
     return {
         "data": resolve_data_dir(cfg.data_dir),
-        "tokenizer": (get_base_dir() / cfg.tokenizer_dir) if cfg.tokenizer_dir else tokenizer_dir(),
+        "tokenizer": tokenizer_dir(cfg.tokenizer_dir),
         "checkpoints": stage_dir("base") / tag,
         "run": get_base_dir() / "runs" / "base" / tag,
         "tag": tag,
@@ -109,15 +109,14 @@ def ensure_tokenizer(cfg, paths):
         return Tokenizer.from_directory(tok_dir)
     if not cfg.train_tokenizer_if_missing:
         raise FileNotFoundError(
-            f"no tokenizer in {tok_dir}; train one with `python -m train.tokenizer` "
-            f"or set --config.train_tokenizer_if_missing=True"
+            f"no tokenizer in {tok_dir}; train the one this config needs with "
+            f"`python -m train.tokenizer --config=<this config file>` (same overrides), "
+            f"or add --config.train_tokenizer_if_missing=True"
         )
-    from train.tokenizer import train_tokenizer
+    from train.tokenizer import train_from_config
 
     print0(f"No tokenizer in {tok_dir}: training one (vocab {cfg.tokenizer_vocab_size:,}) on {paths['data']}")
-    tokenizer, stats = train_tokenizer(
-        paths["data"], tok_dir, cfg.tokenizer_vocab_size, cfg.tokenizer_max_chars, cfg.tokenizer_doc_cap
-    )
+    tokenizer, stats = train_from_config(cfg)
     print0(f"Tokenizer trained in {stats['train_time_s']:.1f}s, {stats['bytes_per_token']:.2f} bytes/token on val")
     return tokenizer
 
@@ -158,19 +157,9 @@ def _local_rows(cfg) -> int:
     return cfg.device_batch_size * jax.local_device_count()
 
 
-def _global_batches(loader, mesh, accum: int):
-    """Stack ``accum`` local micro-batches and assemble the sharded global arrays."""
-    while True:
-        xs, ys = zip(*(next(loader) for _ in range(accum)))
-        yield (
-            sharding.make_global_microbatches(np.stack(xs), mesh),
-            sharding.make_global_microbatches(np.stack(ys), mesh),
-        )
-
-
 def run(cfg) -> dict:
     """Train; returns the final summary (also printed and logged)."""
-    from nanochat_jax.dataloader import build_pretrain_loader, iter_global_batches
+    from nanochat_jax.dataloader import build_pretrain_loader, iter_global_batches, iter_global_microbatches
 
     sharding.maybe_initialize_distributed()
     mesh = sharding.make_mesh()
@@ -249,7 +238,7 @@ def run(cfg) -> dict:
         checkpointer.save(step, params=state.params, opt_state=state.opt_state, meta=meta)
         print0(f"Checkpoint step {step} -> {paths['checkpoints']}")
 
-    batches = _global_batches(loader, mesh, accum)
+    batches = iter_global_microbatches(loader, mesh, accum)
     eval_steps = max(1, cfg.eval_tokens // (cfg.device_batch_size * cfg.max_seq_len * num_devices))
     val_bpb = None
     pending = None  # (step, metrics on device, lrm) of the last dispatched step

@@ -1,84 +1,37 @@
 """Train the BPE tokenizer on the pretraining shards (nanochat's `scripts/tok_train.py`).
 
+    python -m train.tokenizer --config=configs/d20.py [--config.tokenizer_max_chars=N ...]
     python -m train.tokenizer [--max_chars N] [--doc_cap 10000] [--vocab_size 65536]
                               [--data_dir DIR] [--out DIR]
+
+With ``--config`` the tokenizer a pretraining config needs is trained: its
+``data_dir``, ``tokenizer_dir``, ``tokenizer_vocab_size``,
+``tokenizer_max_chars`` and ``tokenizer_doc_cap`` fields. Without it, the
+flags are nanochat's ``tok_train`` flags.
 
 The last parquet file (sorted by name) is the validation split, as in
 nanochat, so it is never used for training; its first ~2 MB measure the
 tokenizer's compression (UTF-8 bytes per token) after training.
-
-Texts are read with pyarrow directly, row group by row group, rather than
-through `nanochat_jax.dataset`, so this tool only depends on the on-disk
-format (`*.parquet` with a `text` column).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Iterator
 
-import pyarrow.parquet as pq
-
-from nanochat_jax.common import get_base_dir, print0
+from nanochat_jax.common import print0
+from nanochat_jax.config import parse_args
+from nanochat_jax.dataloader import iter_documents
+from nanochat_jax.dataset import parquet_files_for_split
 from nanochat_jax.tokenizer import Tokenizer, tokenizer_dir
 
 DEFAULT_MAX_CHARS = 10_000_000_000  # nanochat's default; the speedrun passes 2B
 DEFAULT_DOC_CAP = 10_000
 DEFAULT_VOCAB_SIZE = 65_536
 DEFAULT_VAL_BYTES = 2_000_000
-
-
-SAMPLE_SPEC = "sample"
-
-
-def default_data_dir() -> Path:
-    """Where the shard downloader puts pretraining data (`<base dir>/base_data`)."""
-    return get_base_dir() / "base_data"
-
-
-def resolve_data_dir(data_dir: str | Path | None) -> Path:
-    """None -> the default shard dir; "sample" -> the embedded sample corpus; else a path.
-
-    Same spelling as the data layer's `data_dir="sample"`, so one config value
-    works for both tokenizer training and pretraining.
-    """
-    if data_dir is None or str(data_dir) == "":
-        return default_data_dir()
-    if str(data_dir) == SAMPLE_SPEC:
-        import nanochat_jax
-
-        return Path(nanochat_jax.__file__).resolve().parent / "data" / "sample"
-    return Path(data_dir).expanduser()
-
-
-def split_parquet_files(data_dir: str | Path) -> tuple[list[Path], Path]:
-    """(train files, validation file): all but the last sorted shard, and the last.
-
-    Both splits are needed: training on the validation shard would make the
-    reported compression (and later val bpb) optimistic.
-    """
-    data_dir = Path(data_dir)
-    files = sorted(p for p in data_dir.glob("*.parquet") if p.is_file()) if data_dir.is_dir() else []
-    if len(files) < 2:
-        raise FileNotFoundError(
-            f"tokenizer training needs at least 2 parquet files in {data_dir} (train shards + the last one as validation), "
-            f"found {len(files)}. Download shards with `python -m nanochat_jax.dataset -n N`, "
-            "or use the embedded sample corpus (`--data_dir sample`)."
-        )
-    return files[:-1], files[-1]
-
-
-def _iter_docs(path: Path) -> Iterator[str]:
-    """Documents of one parquet file, one row group in memory at a time."""
-    pf = pq.ParquetFile(path)
-    if "text" not in pf.schema_arrow.names:
-        raise ValueError(f"{path} has no 'text' column (columns: {pf.schema_arrow.names})")
-    for rg in range(pf.num_row_groups):
-        for doc in pf.read_row_group(rg, columns=["text"]).column("text").to_pylist():
-            if doc is not None:
-                yield doc
 
 
 def iter_train_texts(train_files: list[Path], max_chars: int, doc_cap: int) -> Iterator[str]:
@@ -91,19 +44,18 @@ def iter_train_texts(train_files: list[Path], max_chars: int, doc_cap: int) -> I
     if max_chars <= 0 or doc_cap <= 0:
         raise ValueError(f"max_chars and doc_cap must be positive, got {max_chars} and {doc_cap}")
     remaining = max_chars
-    for path in train_files:
-        for doc in _iter_docs(path):
-            doc = doc[: min(doc_cap, remaining)]
-            remaining -= len(doc)
-            yield doc
-            if remaining <= 0:
-                return
+    for doc in iter_documents(train_files):
+        doc = doc[: min(doc_cap, remaining)]
+        remaining -= len(doc)
+        yield doc
+        if remaining <= 0:
+            return
 
 
 def read_val_texts(val_file: Path, max_bytes: int = DEFAULT_VAL_BYTES) -> list[str]:
     """Whole validation documents from the start of `val_file`, about `max_bytes` UTF-8 bytes."""
     docs, total = [], 0
-    for doc in _iter_docs(val_file):
+    for doc in iter_documents([val_file]):
         docs.append(doc)
         total += len(doc.encode("utf-8"))
         if total >= max_bytes:
@@ -128,13 +80,16 @@ def train_tokenizer(
 ) -> tuple[Tokenizer, dict]:
     """Train on the train shards of `data_dir`, save to `out_dir`, measure on the val shard.
 
+    ``data_dir`` as in configs: a path, ``"sample"`` (embedded corpus) or
+    None/"" for the downloaded FineWeb-Edu shards.
+
     Returns the tokenizer and a stats dict (train_time_s, train_chars,
     train_docs, vocab_size, val_bytes, val_tokens, bytes_per_token, out_dir)
     so the pretraining driver can train a small tokenizer on demand.
     """
-    data_dir = resolve_data_dir(data_dir)
     out_dir = Path(out_dir) if out_dir is not None else tokenizer_dir()
-    train_files, val_file = split_parquet_files(data_dir)
+    train_files = parquet_files_for_split("train", data_dir)
+    (val_file,) = parquet_files_for_split("val", data_dir)
 
     counted = {"chars": 0, "docs": 0}
 
@@ -165,19 +120,29 @@ def train_tokenizer(
     return tok, stats
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description="Train a BPE tokenizer on the pretraining parquet shards.")
-    parser.add_argument("--max_chars", type=int, default=DEFAULT_MAX_CHARS, help="train on the first N characters (default 10B)")
-    parser.add_argument("--doc_cap", type=int, default=DEFAULT_DOC_CAP, help="cap each document at this many characters")
-    parser.add_argument("--vocab_size", type=int, default=DEFAULT_VOCAB_SIZE, help="vocabulary size including the 9 special tokens")
-    parser.add_argument("--data_dir", type=str, default=None, help='directory of *.parquet shards, or "sample" for the embedded corpus (default <base dir>/base_data)')
-    parser.add_argument("--out", type=str, default=None, help="output directory (default <base dir>/tokenizer)")
-    parser.add_argument("--val_bytes", type=int, default=DEFAULT_VAL_BYTES, help="validation bytes used to measure compression")
-    args = parser.parse_args(argv)
+def train_from_config(cfg) -> tuple[Tokenizer, dict]:
+    """The tokenizer a pretraining config asks for, trained on that config's data."""
+    return train_tokenizer(
+        cfg.data_dir, tokenizer_dir(cfg.tokenizer_dir), cfg.tokenizer_vocab_size, cfg.tokenizer_max_chars, cfg.tokenizer_doc_cap
+    )
 
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        _, stats = train_tokenizer(args.data_dir, args.out, args.vocab_size, args.max_chars, args.doc_cap, args.val_bytes)
-    except (FileNotFoundError, ValueError) as e:  # bad data dir / arguments: a message, not a traceback
+        if any(a.startswith("--config") for a in argv):
+            _, stats = train_from_config(parse_args(argv))
+        else:
+            parser = argparse.ArgumentParser(description="Train a BPE tokenizer on the pretraining parquet shards.")
+            parser.add_argument("--max_chars", type=int, default=DEFAULT_MAX_CHARS, help="train on the first N characters (default 10B)")
+            parser.add_argument("--doc_cap", type=int, default=DEFAULT_DOC_CAP, help="cap each document at this many characters")
+            parser.add_argument("--vocab_size", type=int, default=DEFAULT_VOCAB_SIZE, help="vocabulary size including the 9 special tokens")
+            parser.add_argument("--data_dir", type=str, default=None, help='directory of *.parquet shards, or "sample" for the embedded corpus (default <base dir>/base_data)')
+            parser.add_argument("--out", type=str, default=None, help="output directory (default <base dir>/tokenizer)")
+            parser.add_argument("--val_bytes", type=int, default=DEFAULT_VAL_BYTES, help="validation bytes used to measure compression")
+            args = parser.parse_args(argv)
+            _, stats = train_tokenizer(args.data_dir, args.out, args.vocab_size, args.max_chars, args.doc_cap, args.val_bytes)
+    except (FileNotFoundError, ValueError) as e:  # missing data, bad config or shard: a message, not a traceback
         raise SystemExit(f"error: {e}") from None
     print0(f"trained vocab {stats['vocab_size']:,} on {stats['train_chars']:,} chars ({stats['train_docs']:,} docs) in {stats['train_time_s']:.2f} s")
     print0(f"saved to {stats['out_dir']}")
