@@ -8,7 +8,9 @@ Layout (nanochat's, under ``$NANOCHAT_JAX_BASE_DIR``)::
 ``<model_tag>`` defaults to ``d<depth>``. ``params`` and ``opt_state`` are
 Orbax pytrees (sharded arrays restore onto the current mesh); ``meta`` is JSON:
 model config, full user config, step, val bpb, loop state, the data
-iterator's state and the RNG key, so a resumed run continues exactly.
+iterator's state and the seed, so a resumed run continues exactly. The seed
+is all the RNG state pretraining has: after the initialisation it draws no
+random numbers (no dropout; in-training samples are greedy).
 
 Atomicity comes from Orbax: a step is written into a temporary directory and
 renamed into place only once every item is committed, so an interrupted save
