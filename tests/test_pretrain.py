@@ -121,6 +121,43 @@ def test_exact_resume_matches_uninterrupted_run(base_dir):
         np.testing.assert_array_equal(x, y)
 
 
+def test_ctrl_c_saves_and_the_resumed_run_is_the_same_run(base_dir, monkeypatch, capsys):
+    """A real SIGINT mid-run: the step finishes, a checkpoint is written, and resuming gives the uninterrupted run."""
+    import signal
+
+    full = pretrain.run(parse_args(tiny_args(model_tag="full", save_every=-1)))
+    real = pretrain.make_train_step
+
+    def interrupted_after_three_steps(*args, **kwargs):
+        step_fn = real(*args, **kwargs)
+        calls = {"n": 0}
+
+        def wrapped(*a):
+            out = step_fn(*a)
+            calls["n"] += 1
+            if calls["n"] == 3:
+                os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends, to the handler train.pretrain installs
+            return out
+
+        return wrapped
+
+    monkeypatch.setattr(pretrain, "make_train_step", interrupted_after_three_steps)
+    pretrain.run(parse_args(tiny_args(model_tag="stop", save_every=-1)))
+    assert "Stopped at step 3; resume with --config.resume=True" in capsys.readouterr().out
+    assert checkpoint.Checkpointer(base_dir / "base_checkpoints/stop").all_steps() == [3]
+
+    monkeypatch.setattr(pretrain, "make_train_step", real)
+    resumed = pretrain.run(parse_args(tiny_args(model_tag="stop", save_every=-1, resume=True)))
+    full_losses, stop_losses = read_losses(base_dir / "runs/base/full"), read_losses(base_dir / "runs/base/stop")
+    assert sorted(stop_losses) == sorted(full_losses) == list(range(8))
+    assert stop_losses == full_losses
+    assert resumed["final_val_bpb"] == full["final_val_bpb"]
+    a, _ = checkpoint.load_model_checkpoint(base_dir / "base_checkpoints/full")
+    b, _ = checkpoint.load_model_checkpoint(base_dir / "base_checkpoints/stop")
+    for x, y in zip(jax.tree.leaves(nnx.state(a, nnx.Param)), jax.tree.leaves(nnx.state(b, nnx.Param))):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_tiny_run_checkpoint_loads_and_continues(base_dir):
     summary = pretrain.run(parse_args(tiny_args(num_iterations=6, save_every=-1, sample_every=6)))
     assert summary["min_val_bpb"] < 20 and np.isfinite(summary["min_val_bpb"])
