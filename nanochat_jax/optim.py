@@ -38,10 +38,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from nanochat_jax.gpt import GPTConfig
-from nanochat_jax.sharding import DATA_AXIS, replicated, stacked_sharding
+from nanochat_jax.sharding import DATA_AXIS, muon_buffer_sharding, replicated, stacked_sharding
 
 # Keller Jordan's quintic coefficients, nanochat's zeropower_via_newtonschulz5.
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -422,53 +422,14 @@ def nanochat_optimizer(
     return optax.partition(transforms, param_labels)
 
 
-# --------------------------------------------------------------------------- state placement
-
-
-def muon_buffer_sharding(shape: tuple[int, ...], mesh: Mesh) -> NamedSharding:
-    """Where a Muon momentum buffer lives when Muon is sharded.
-
-    Stacks ``(L, in, out)`` split on the layer axis when L divides by the data
-    axis (``sharding.stacked_sharding``), else replicated; bare matrices replicated.
-    """
-    if len(shape) >= 3:
-        return stacked_sharding(mesh, shape[0])
-    return replicated(mesh)
-
-
-def opt_state_shardings(opt_state, mesh: Mesh, shard_muon: bool = False, *, shard_adamw: bool = False):
-    """A pytree of ``NamedSharding`` matching ``opt_state`` for jit in/out shardings.
-
-    Works on real or abstract states (``jax.eval_shape(tx.init, params)``).
-    Replicated by default; ``shard_muon`` places Muon momentum per
-    ``muon_buffer_sharding`` (ZeRO-style); ``shard_adamw`` splits AdamW moments
-    on their first axis where it divides (vocab rows for ``wte``, n_embd for
-    ``lm_head``), the ZeRO-2 idea of nanochat's DistAdamW (which splits torch's
-    dim 0, i.e. vocab for both; the axis does not change any value).
-    """
-
-    def place(path, leaf):
-        names = {getattr(k, "name", None) for k in path}
-        shape = tuple(getattr(leaf, "shape", ()))
-        if shard_muon and "momentum_buffer" in names:
-            return muon_buffer_sharding(shape, mesh)
-        if shard_adamw and names & {"mu", "nu"} and len(shape) >= 1:
-            return stacked_sharding(mesh, shape[0])
-        return replicated(mesh)
-
-    return jax.tree_util.tree_map_with_path(place, opt_state)
-
-
 __all__ = [
     "AdamWState",
     "MuonState",
     "adamw_group",
     "lr_multiplier_schedule",
     "muon",
-    "muon_buffer_sharding",
     "muon_momentum_schedule",
     "nanochat_optimizer",
     "newton_schulz",
-    "opt_state_shardings",
     "param_labels",
 ]

@@ -99,13 +99,11 @@ def init_train_state(model: GPT, tx, mesh, *, shard_muon: bool) -> tuple[nnx.Gra
     Returns ``(graphdef, state, state_shardings)``; the shardings are what the
     train step and checkpoint restore use.
     """
-    from nanochat_jax.optim import opt_state_shardings
-
     graphdef, params = split_model(model)
     param_shardings = jax.tree.map(lambda _: sharding.replicated(mesh), params)
     params = jax.device_put(params, param_shardings)
     abstract_opt = jax.eval_shape(tx.init, params)
-    opt_sh = opt_state_shardings(abstract_opt, mesh, shard_muon=shard_muon)
+    opt_sh = sharding.opt_state_shardings(abstract_opt, mesh, shard_muon=shard_muon)
     opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
     shardings = TrainState(param_shardings, opt_sh)
     return graphdef, TrainState(params, opt_state), shardings

@@ -29,7 +29,7 @@ import torch
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from nanochat_jax import optim
+from nanochat_jax import optim, sharding
 from nanochat_jax.gpt import GPT, GPTConfig
 from nanochat_jax.sharding import DATA_AXIS, make_mesh
 
@@ -384,8 +384,8 @@ def test_sharded_muon_equals_unsharded():
     for shard in (False, True):
         tx = optim.muon(0.02, mesh=mesh, shard_muon=shard)
         state = tx.init(params)
-        # The train step's usage: optimizer state placed by opt_state_shardings.
-        state_sh = optim.opt_state_shardings(state, mesh, shard_muon=shard)
+        # The train step's usage: optimizer state placed by sharding.opt_state_shardings.
+        state_sh = sharding.opt_state_shardings(state, mesh, shard_muon=shard)
         fn = jax.jit(
             lambda p, s, g, lrm, m, tx=tx: tx.update(g, s, p, lr_multiplier=lrm, muon_momentum=m),
             out_shardings=(None, state_sh),
@@ -415,7 +415,7 @@ def test_opt_state_shardings_placement(tiny_setup):
         abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda cfg=cfg: GPT(cfg, rngs=nnx.Rngs(0))), nnx.Param))
         tx = optim.nanochat_optimizer(cfg, mesh=mesh, shard_muon=True)
         state = jax.eval_shape(tx.init, abstract)
-        sh = optim.opt_state_shardings(state, mesh, shard_muon=True, shard_adamw=True)
+        sh = sharding.opt_state_shardings(state, mesh, shard_muon=True, shard_adamw=True)
         assert jax.tree.structure(sh) == jax.tree.structure(state)
         emb = sh.inner_states["embedding"].inner_state
         assert emb.mu["wte"].spec == P(DATA_AXIS) and emb.nu["wte"].spec == P(DATA_AXIS)  # 320 vocab rows / 8
@@ -424,7 +424,7 @@ def test_opt_state_shardings_placement(tiny_setup):
         bufs = sh.inner_states["muon"].inner_state.momentum_buffer["h"]
         assert {k: v.spec for k, v in bufs.items()} == {k: muon_spec for k in cfg.block_shapes()}
         # Defaults: everything replicated.
-        assert all(x.spec == P() for x in jax.tree.leaves(optim.opt_state_shardings(state, mesh)))
+        assert all(x.spec == P() for x in jax.tree.leaves(sharding.opt_state_shardings(state, mesh)))
 
 
 # --------------------------------------------------------------------------- schedules
