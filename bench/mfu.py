@@ -83,6 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     # JAX execution switches (same meaning as bench/step.py / the pretrain config).
     p.add_argument("--remat", default="none", choices=["none", "dots", "full"])
     p.add_argument("--scan_layers", action="store_true")
+    p.add_argument("--ce_chunk_size", type=int, default=0, help="JAX: loss over sequence chunks (0 = off)")
     p.add_argument("--attention_impl", default="auto", choices=["auto", "xla", "cudnn"])
     p.add_argument("--compute_dtype", default="auto", help="JAX: auto = bfloat16 on GPU, float32 on CPU")
     p.add_argument("--no_shard_muon", action="store_true")
@@ -208,7 +209,7 @@ def _jax_worker(args) -> dict:
         "--depth", str(args.depth), "--vocab_size", str(args.vocab_size), "--seq_len", str(args.seq_len),
         "--device_batch_size", str(args.device_batch_size), "--grad_accum", str(args.grad_accum),
         "--compute_dtype", args.compute_dtype, "--attention_impl", args.attention_impl, "--remat", args.remat,
-        "--steps", str(args.steps), "--warmup", str(args.warmup),
+        "--ce_chunk_size", str(args.ce_chunk_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
     ] + (["--scan_layers"] if args.scan_layers else []) + (["--no_shard_muon"] if args.no_shard_muon else [])
     argv += real_data_argv(args)
     result = step.benchmark(step.parse_args(argv))
@@ -279,6 +280,7 @@ def worker_argv(args, framework: str, platform: str) -> list[str]:
         "--vocab_size", str(args.vocab_size), "--grad_accum", str(args.grad_accum),
         "--steps", str(args.steps), "--warmup", str(args.warmup),
         "--remat", args.remat, "--attention_impl", args.attention_impl, "--compute_dtype", args.compute_dtype,
+        "--ce_chunk_size", str(args.ce_chunk_size),
         "--torch_compile", args.torch_compile, "--torch_threads", str(args.torch_threads), "--frameworks", framework,
     ]
     argv += ["--scan_layers"] if args.scan_layers else []

@@ -45,12 +45,14 @@ def parse_args(argv=None):
     p.add_argument("--attention_impl", default="auto", choices=["auto", "xla", "cudnn"])
     p.add_argument("--remat", default="none", choices=["none", "dots", "full"])
     p.add_argument("--scan_layers", action="store_true")
+    p.add_argument("--ce_chunk_size", type=int, default=0, help="loss over sequence chunks of this many positions (0 = off)")
     p.add_argument("--no_shard_muon", action="store_true")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
     p.add_argument("--data_dir", default=None, help='real data: "sample", "" (base_data/) or a path; default synthetic tokens')
     p.add_argument("--tokenizer_dir", default="", help='with --data_dir: "" = <base dir>/tokenizer, a name under the base dir, or a path')
     p.add_argument("--loader_mode", default="stream", choices=["stream", "bestfit"])
+    p.add_argument("--compile_only", action="store_true", help="compile and report the compiled step's memory, run nothing")
     return p.parse_args(argv)
 
 
@@ -83,6 +85,7 @@ def benchmark(args) -> dict:
     config = GPTConfig.from_depth(
         args.depth, vocab_size=args.vocab_size, sequence_len=args.seq_len, compute_dtype=dtype,
         attention_impl=args.attention_impl, remat=args.remat, scan_layers=args.scan_layers,
+        ce_chunk_size=args.ce_chunk_size,
     )
     mesh = sharding.make_mesh()
     shard_muon = not args.no_shard_muon
@@ -102,12 +105,13 @@ def benchmark(args) -> dict:
         t0 = time.perf_counter()
         compiled = step_fn.lower(state, x, y, lrm, mom).compile()
         compile_s = time.perf_counter() - t0
-        for _ in range(args.warmup):
+        memory = compiled.memory_analysis()  # XLA's buffer assignment: known before anything runs
+        times, metrics = [], None
+        for _ in range(0 if args.compile_only else args.warmup):
             state, metrics = compiled(state, x, y, lrm, mom)
             x, y = next(batches)
         jax.block_until_ready(metrics)
-        times = []
-        for _ in range(args.steps):
+        for _ in range(0 if args.compile_only else args.steps):
             t = time.perf_counter()
             state, metrics = compiled(state, x, y, lrm, mom)
             x, y = next(batches)  # the next step's data is prepared while this one runs, as in train.pretrain
@@ -116,38 +120,47 @@ def benchmark(args) -> dict:
     finally:
         if loader is not None:
             loader.close()
-    step_s = statistics.median(times)
+    step_s = statistics.median(times) if times else None
     tokens = args.grad_accum * args.device_batch_size * jax.device_count() * args.seq_len
-    mfu = hardware.mfu(config.flops_per_token(), tokens, step_s)
+    mfu = hardware.mfu(config.flops_per_token(), tokens, step_s) if step_s else None
     peak = hardware.peak_memory_bytes()
     return {
         "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
         "config": f"d{args.depth} V={args.vocab_size} T={args.seq_len} B={args.device_batch_size}x{args.grad_accum} {dtype}"
-        f" remat={args.remat} scan={args.scan_layers} attn={args.attention_impl}"
+        f" remat={args.remat} scan={args.scan_layers} attn={args.attention_impl} ce_chunk={args.ce_chunk_size}"
         + ("" if args.data_dir is None else f" data={args.data_dir or 'base_data'} ({args.loader_mode})"),
         "params": config.num_params(),
         "compile_s": compile_s,
-        "step_ms": 1000 * step_s,
-        "tokens_per_s": tokens / step_s,
+        "step_ms": 1000 * step_s if step_s else None,
+        "tokens_per_s": tokens / step_s if step_s else None,
         "mfu": mfu,
         "peak_mem_gib": None if peak is None else peak / 2**30,
-        "loss": float(metrics["loss"]),  # after warmup + steps updates; bench/mfu.py compares it across frameworks
+        # Scratch = the step's temporaries as compiled (activations, logits, ...); params + optimizer state are args.
+        "scratch_gib": None if memory is None else memory.temp_size_in_bytes / 2**30,
+        "state_gib": None if memory is None else memory.argument_size_in_bytes / 2**30,
+        "loss": None if metrics is None else float(metrics["loss"]),  # after warmup + steps updates; bench/mfu.py compares it
         "versions": f"jax {jax.__version__}",
     }
 
 
 def print_table(result: dict) -> None:
+    ran = result["step_ms"] is not None
+
+    def gib(v):
+        return "n/a" if v is None else f"{v:.2f} GiB"
+
     mfu = "n/a (no peak for this device)" if result["mfu"] is None else f"{100 * result['mfu']:.1f}%"
-    mem = "n/a" if result["peak_mem_gib"] is None else f"{result['peak_mem_gib']:.2f} GiB"
     rows = [
         ("device", result["device"]),
         ("config", result["config"]),
         ("params", f"{result['params']:,}"),
         ("compile", f"{result['compile_s']:.2f} s"),
-        ("step (median)", f"{result['step_ms']:.1f} ms"),
-        ("tokens/s", f"{result['tokens_per_s']:,.0f}"),
-        ("MFU", mfu),
-        ("peak memory", mem),
+        ("step (median)", f"{result['step_ms']:.1f} ms" if ran else "not run (--compile_only)"),
+        ("tokens/s", f"{result['tokens_per_s']:,.0f}" if ran else "-"),
+        ("MFU", mfu if ran else "-"),
+        ("peak memory", gib(result["peak_mem_gib"])),
+        ("compiled: scratch", gib(result["scratch_gib"])),
+        ("compiled: args", gib(result["state_gib"]) + " (params, optimizer state, batch)"),
         ("versions", result["versions"]),
     ]
     width = max(len(k) for k, _ in rows)

@@ -15,6 +15,7 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
     c.attention_impl = "auto"  # auto = cudnn on NVIDIA GPUs, xla elsewhere
     c.remat = "none"  # none | dots | full
     c.scan_layers = False
+    c.ce_chunk_size = 0  # >0: loss over sequence chunks of this many positions (saves the full fp32 logits)
     # Tokenizer and data.
     c.data_dir = ""  # "" = $NANOCHAT_JAX_BASE_DIR/base_data (FineWeb-Edu); "sample" = embedded corpus
     c.tokenizer_dir = ""  # "" = $NANOCHAT_JAX_BASE_DIR/tokenizer

@@ -68,6 +68,7 @@ class GPTConfig:
     attention_impl: str = "auto"  # auto | xla | cudnn
     remat: str = "none"  # none | dots | full
     scan_layers: bool = False
+    ce_chunk_size: int = 0  # loss over sequence chunks of this many positions; 0 = all logits at once
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -78,6 +79,8 @@ class GPTConfig:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat={self.remat!r}; expected one of {REMAT_POLICIES}")
+        if self.ce_chunk_size < 0:
+            raise ValueError(f"ce_chunk_size={self.ce_chunk_size} must be >= 0 (0 = no chunking)")
         if self.attention_impl not in ("auto", "xla", "cudnn"):
             raise ValueError(f"attention_impl={self.attention_impl!r}; expected auto, xla or cudnn")
         jnp.dtype(self.compute_dtype)  # raises on an unknown dtype name
@@ -248,24 +251,62 @@ def softcap_logits(logits: jax.Array, vocab_size: int) -> jax.Array:
     return SOFTCAP * jnp.tanh(logits / SOFTCAP)
 
 
-def cross_entropy(logits: jax.Array, targets: jax.Array, reduction: str = "mean") -> jax.Array:
-    """Token cross-entropy with ignore index -1, like ``F.cross_entropy``.
+def hidden_to_logits(x: jax.Array, lm_head: jax.Array, vocab_size: int) -> jax.Array:
+    """Final norm, untied head in the activation dtype, then slice + fp32 + softcap."""
+    x = rms_norm(x)
+    return softcap_logits(x @ lm_head.astype(x.dtype), vocab_size)
 
-    'none' returns per-token losses with 0 at ignored positions; 'mean'
-    averages over non-ignored tokens (0, not NaN, when there are none).
-    """
-    if reduction not in ("mean", "none", "sum"):
-        raise ValueError(f"loss_reduction={reduction!r}; expected 'mean', 'sum' or 'none'")
+
+def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-token negative log-likelihood; 0 where the target is the ignore index -1."""
     valid = targets != IGNORE_INDEX
     safe = jnp.where(valid, targets, 0)
     logz = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, safe[..., None], axis=-1)[..., 0]
-    nll = jnp.where(valid, logz - picked, 0.0)
+    return jnp.where(valid, logz - picked, 0.0)
+
+
+def reduce_nll(nll: jax.Array, targets: jax.Array, reduction: str = "mean") -> jax.Array:
+    """Like ``F.cross_entropy``'s reductions with ignore index -1.
+
+    'none' returns the per-token losses (0 at ignored positions); 'mean'
+    averages over non-ignored tokens (0, not NaN, when there are none).
+    """
+    if reduction not in ("mean", "none", "sum"):
+        raise ValueError(f"loss_reduction={reduction!r}; expected 'mean', 'sum' or 'none'")
     if reduction == "none":
         return nll
     if reduction == "sum":
         return nll.sum()
-    return nll.sum() / jnp.maximum(valid.sum(), 1)
+    return nll.sum() / jnp.maximum((targets != IGNORE_INDEX).sum(), 1)
+
+
+def chunked_token_nll(x: jax.Array, lm_head: jax.Array, targets: jax.Array, vocab_size: int, chunk: int) -> jax.Array:
+    """``token_nll(hidden_to_logits(x, ...), targets)`` without holding all the logits.
+
+    The fp32 logits are ``B*T*V`` (d20 at B=32: 4.3e9 values, 17 GB per
+    copy, and softcap/logsumexp and their gradients make several). Here the
+    sequence is cut into chunks of ``chunk`` positions (the last one padded
+    with ignored targets) and mapped over with ``lax.map``; each chunk is a
+    ``jax.checkpoint``, so its logits are rebuilt in the backward pass instead
+    of being stored: only one chunk's logits are alive at a time. Same values
+    as the unchunked loss up to fp32 summation order.
+    """
+    B, T, C = x.shape
+    n = -(-T // chunk)
+    pad = n * chunk - T
+    if pad:
+        x = jnp.pad(x, ((0, 0), (0, pad), (0, 0)))
+        targets = jnp.pad(targets, ((0, 0), (0, pad)), constant_values=IGNORE_INDEX)
+    x_chunks = x.reshape(B, n, chunk, C).swapaxes(0, 1)  # (n, B, chunk, C)
+    t_chunks = targets.reshape(B, n, chunk).swapaxes(0, 1)
+
+    @functools.partial(jax.checkpoint, prevent_cse=False)
+    def piece(x_c, t_c):
+        return token_nll(hidden_to_logits(x_c, lm_head, vocab_size), t_c)
+
+    nll = jax.lax.map(lambda xt: piece(*xt), (x_chunks, t_chunks))  # (n, B, chunk)
+    return nll.swapaxes(0, 1).reshape(B, n * chunk)[:, :T]
 
 
 # --------------------------------------------------------------------------- modules
@@ -304,8 +345,7 @@ class GPT(nnx.Module):
         return rms_norm(x)
 
     def logits_from_hidden(self, x: jax.Array) -> jax.Array:
-        x = rms_norm(x)
-        return softcap_logits(x @ self.lm_head[...].astype(x.dtype), self.config.vocab_size)
+        return hidden_to_logits(x, self.lm_head[...], self.config.vocab_size)
 
     # -- training / scoring forward ----------------------------------------------
     def __call__(self, idx: jax.Array, targets: jax.Array | None = None, loss_reduction: str = "mean") -> jax.Array:
@@ -330,10 +370,13 @@ class GPT(nnx.Module):
             for i in range(cfg.n_layer):
                 x = layer(x, {k: v[i] for k, v in params.items()})
 
-        logits = self.logits_from_hidden(x)
         if targets is None:
-            return logits
-        return cross_entropy(logits, targets, loss_reduction)
+            return self.logits_from_hidden(x)
+        if 0 < cfg.ce_chunk_size < T:
+            nll = chunked_token_nll(x, self.lm_head[...], targets, cfg.vocab_size, cfg.ce_chunk_size)
+        else:
+            nll = token_nll(self.logits_from_hidden(x), targets)
+        return reduce_nll(nll, targets, loss_reduction)
 
 
 def validate_tokens(idx: Any, config: GPTConfig, name: str = "idx", allow_ignore: bool = False) -> None:

@@ -60,6 +60,7 @@ def model_config_from(cfg, vocab_size: int) -> GPTConfig:
         attention_impl=cfg.attention_impl,
         remat=cfg.remat,
         scan_layers=cfg.scan_layers,
+        ce_chunk_size=cfg.ce_chunk_size,
     )
 
 
