@@ -106,16 +106,17 @@ def benchmark(args) -> dict:
         compiled = step_fn.lower(state, x, y, lrm, mom).compile()
         compile_s = time.perf_counter() - t0
         memory = compiled.memory_analysis()  # XLA's buffer assignment: known before anything runs
-        times, metrics = [], None
+        times, losses, metrics = [], [], None
         for _ in range(0 if args.compile_only else args.warmup):
             state, metrics = compiled(state, x, y, lrm, mom)
             x, y = next(batches)
+            losses.append(metrics["loss"])  # stays on device: warm-up steps are not synchronised one by one
         jax.block_until_ready(metrics)
         for _ in range(0 if args.compile_only else args.steps):
             t = time.perf_counter()
             state, metrics = compiled(state, x, y, lrm, mom)
             x, y = next(batches)  # the next step's data is prepared while this one runs, as in train.pretrain
-            float(metrics["loss"])
+            losses.append(float(metrics["loss"]))
             times.append(time.perf_counter() - t)
     finally:
         if loader is not None:
@@ -138,7 +139,8 @@ def benchmark(args) -> dict:
         # Scratch = the step's temporaries as compiled (activations, logits, ...); params + optimizer state are args.
         "scratch_gib": None if memory is None else memory.temp_size_in_bytes / 2**30,
         "state_gib": None if memory is None else memory.argument_size_in_bytes / 2**30,
-        "loss": None if metrics is None else float(metrics["loss"]),  # after warmup + steps updates; bench/mfu.py compares it
+        "loss": None if metrics is None else float(metrics["loss"]),  # the last step's; bench/mfu.py compares it across frameworks
+        "losses": [float(v) for v in losses],  # every step's loss (before its update): the training trend
         "versions": f"jax {jax.__version__}",
     }
 
