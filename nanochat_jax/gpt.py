@@ -300,10 +300,11 @@ def chunked_token_nll(x: jax.Array, lm_head: jax.Array, targets: jax.Array, voca
         targets = jnp.pad(targets, ((0, 0), (0, pad)), constant_values=IGNORE_INDEX)
     x_chunks = x.reshape(B, n, chunk, C).swapaxes(0, 1)  # (n, B, chunk, C)
     t_chunks = targets.reshape(B, n, chunk).swapaxes(0, 1)
+    head = lm_head.astype(x.dtype)  # cast once, not once per chunk and again in the backward
 
     @functools.partial(jax.checkpoint, prevent_cse=False)
     def piece(x_c, t_c):
-        return token_nll(hidden_to_logits(x_c, lm_head, vocab_size), t_c)
+        return token_nll(hidden_to_logits(x_c, head, vocab_size), t_c)
 
     nll = jax.lax.map(lambda xt: piece(*xt), (x_chunks, t_chunks))  # (n, B, chunk)
     return nll.swapaxes(0, 1).reshape(B, n * chunk)[:, :T]
