@@ -158,13 +158,23 @@ def test_ctrl_c_saves_and_the_resumed_run_is_the_same_run(base_dir, monkeypatch,
         np.testing.assert_array_equal(x, y)
 
 
-def test_tiny_run_checkpoint_loads_and_continues(base_dir):
+def test_tiny_run_checkpoint_loads_and_continues(base_dir, capsys):
     summary = pretrain.run(parse_args(tiny_args(num_iterations=6, save_every=-1, sample_every=6)))
     assert summary["min_val_bpb"] < 20 and np.isfinite(summary["min_val_bpb"])
     model, tokenizer, meta = checkpoint.load_model("base", "t")
     assert meta["step"] == 6 and model.config.vocab_size == tokenizer.get_vocab_size()
     ids = np.asarray([tokenizer.encode("Hello", prepend=tokenizer.get_bos_token_id())], np.int32)
     assert model(ids).shape == (1, ids.shape[1], tokenizer.get_vocab_size())
+    # The chat CLI talks to this very checkpoint: its one-shot reply is the engine's greedy continuation.
+    from nanochat_jax import chat
+    from nanochat_jax.engine import Engine
+
+    capsys.readouterr()
+    assert chat.main(["-i", "base", "-g", "t", "-p", "Hello", "-t", "0", "-m", "8"]) == 0
+    prompt = [tokenizer.get_bos_token_id(), tokenizer.encode_special("<|user_start|>"), *tokenizer.encode("Hello"),
+              tokenizer.encode_special("<|user_end|>"), tokenizer.encode_special("<|assistant_start|>")]  # fmt: skip
+    (reply,), _ = Engine(model, tokenizer).generate_batch(prompt, max_tokens=8, temperature=0.0)
+    assert capsys.readouterr().out == tokenizer.decode(reply[len(prompt):]) + "\n"
     # Continue training from it: a longer horizon resumes at step 6.
     more = pretrain.run(parse_args(tiny_args(num_iterations=9, save_every=-1, resume=True)))
     assert more["iterations"] == 9
