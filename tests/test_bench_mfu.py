@@ -63,14 +63,10 @@ LOSS_RTOL = 1e-3
 
 
 def random_torch_model(seed: int = 0) -> "tn.GPT":
-    """The bench model with every weight random, each Linear at nanochat's init std."""
+    """The bench model with every weight random (the parity tests' ``randomize_weights``)."""
     model = tn.GPT(tn.GPTConfig(**TINY))
     model.init_weights()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            std = 1.0 if name == "transformer.wte.weight" else 1.0 / math.sqrt(p.shape[1])
-            p.copy_(torch.randn(p.shape, generator=g) * std)
+    model.randomize_weights(seed=seed)
     return model
 
 

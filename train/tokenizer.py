@@ -25,7 +25,7 @@ from typing import Iterator
 from nanochat_jax.common import print0
 from nanochat_jax.config import parse_args
 from nanochat_jax.dataloader import iter_documents
-from nanochat_jax.dataset import parquet_files_for_split
+from nanochat_jax.dataset import list_parquet_files, split_files
 from nanochat_jax.tokenizer import Tokenizer, tokenizer_dir
 
 DEFAULT_MAX_CHARS = 10_000_000_000  # nanochat's default; the speedrun passes 2B
@@ -88,8 +88,8 @@ def train_tokenizer(
     so the pretraining driver can train a small tokenizer on demand.
     """
     out_dir = Path(out_dir) if out_dir is not None else tokenizer_dir()
-    train_files = parquet_files_for_split("train", data_dir)
-    (val_file,) = parquet_files_for_split("val", data_dir)
+    files = list_parquet_files(data_dir)
+    train_files, (val_file,) = split_files(files, "train"), split_files(files, "val")
 
     counted = {"chars": 0, "docs": 0}
 
