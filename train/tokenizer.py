@@ -133,7 +133,10 @@ def main(argv: list[str] | None = None) -> dict:
         if any(a.startswith("--config") for a in argv):
             _, stats = train_from_config(parse_args(argv))
         else:
-            parser = argparse.ArgumentParser(description="Train a BPE tokenizer on the pretraining parquet shards.")
+            parser = argparse.ArgumentParser(
+                description="Train a BPE tokenizer on the pretraining parquet shards. "
+                "Or: --config=configs/X.py [--config.field=value ...] trains the tokenizer that config needs."
+            )
             parser.add_argument("--max_chars", type=int, default=DEFAULT_MAX_CHARS, help="train on the first N characters (default 10B)")
             parser.add_argument("--doc_cap", type=int, default=DEFAULT_DOC_CAP, help="cap each document at this many characters")
             parser.add_argument("--vocab_size", type=int, default=DEFAULT_VOCAB_SIZE, help="vocabulary size including the 9 special tokens")
