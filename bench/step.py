@@ -103,18 +103,18 @@ def benchmark(args) -> dict:
     try:
         x, y = next(batches)
         t0 = time.perf_counter()
-        compiled = step_fn.lower(state, x, y, lrm, mom).compile()
+        compiled = step_fn.lower(state, {"inputs": x, "targets": y}, lrm, mom).compile()
         compile_s = time.perf_counter() - t0
         memory = compiled.memory_analysis()  # XLA's buffer assignment: known before anything runs
         times, losses, metrics = [], [], None
         for _ in range(0 if args.compile_only else args.warmup):
-            state, metrics = compiled(state, x, y, lrm, mom)
+            state, metrics = compiled(state, {"inputs": x, "targets": y}, lrm, mom)
             x, y = next(batches)
             losses.append(metrics["loss"])  # stays on device: warm-up steps are not synchronised one by one
         jax.block_until_ready(metrics)
         for _ in range(0 if args.compile_only else args.steps):
             t = time.perf_counter()
-            state, metrics = compiled(state, x, y, lrm, mom)
+            state, metrics = compiled(state, {"inputs": x, "targets": y}, lrm, mom)
             x, y = next(batches)  # the next step's data is prepared while this one runs, as in train.pretrain
             losses.append(float(metrics["loss"]))
             times.append(time.perf_counter() - t)

@@ -5,5 +5,5 @@ from configs.base import pretrain_defaults
 
 def get_config():
     c = pretrain_defaults()
-    c.depth = 12
+    c.model.depth = 12
     return c

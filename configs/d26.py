@@ -5,6 +5,6 @@ from configs.base import pretrain_defaults
 
 def get_config():
     c = pretrain_defaults()
-    c.depth = 26
-    c.device_batch_size = 16  # fits 80 GB without remat; grad accumulation doubles
+    c.model.depth = 26
+    c.loop.device_batch_size = 16  # fits 80 GB without remat; grad accumulation doubles
     return c

@@ -5,6 +5,6 @@ from configs.base import pretrain_defaults
 
 def get_config():
     c = pretrain_defaults()
-    c.depth = 32
-    c.device_batch_size = 8  # as run1000.sh
+    c.model.depth = 32
+    c.loop.device_batch_size = 8  # as run1000.sh
     return c

@@ -33,6 +33,7 @@ from orbax.checkpoint.checkpoint_managers import LatestN
 
 from nanochat_jax.common import get_base_dir
 from nanochat_jax.gpt import GPT, GPTConfig
+from nanochat_jax.sharding import make_mesh, replicated
 
 STAGE_DIRS = {
     "base": "base_checkpoints",
@@ -167,10 +168,12 @@ def save_model_checkpoint(model: GPT, meta: dict, directory: str | Path, step: i
     ckpt.close()
 
 
-def load_model_checkpoint(directory: str | Path, step: int | None = None, **config_overrides) -> tuple[GPT, dict]:
-    """Rebuild the model stored in a checkpoint directory (latest step by default).
+def load_params(directory: str | Path, step: int | None, mesh) -> tuple[dict, dict]:
+    """``(params, meta)`` of a checkpoint, replicated over ``mesh``.
 
-    ``config_overrides`` are execution switches such as ``compute_dtype``.
+    Every process restores onto the global mesh it passes (Orbax reads each
+    process's shards), so a stage can start from the previous stage's params
+    on any number of hosts.
     """
     directory = Path(directory)
     if not directory.exists():
@@ -178,15 +181,22 @@ def load_model_checkpoint(directory: str | Path, step: int | None = None, **conf
     ckpt = Checkpointer(directory, keep=None, async_save=False)
     try:
         step, meta = ckpt.restore_meta(step)
-        config = GPTConfig(**meta["model_config"], **config_overrides)
-        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        restored = ckpt.restore(step, abstract_params=abstract_params(config, sharding))
+        config = GPTConfig(**meta["model_config"])
+        restored = ckpt.restore(step, abstract_params=abstract_params(config, replicated(mesh)))
     finally:
         ckpt.close()
-    model = nnx.eval_shape(lambda: GPT(config, rngs=nnx.Rngs(0)))
-    graphdef, _ = nnx.split(model)
-    model = nnx.merge(graphdef, restored["params"])
-    return model, meta
+    return restored["params"], meta
+
+
+def load_model_checkpoint(directory: str | Path, step: int | None = None, **config_overrides) -> tuple[GPT, dict]:
+    """Rebuild the model stored in a checkpoint directory (latest step by default) on this process's first device.
+
+    ``config_overrides`` are execution switches such as ``compute_dtype``.
+    """
+    params, meta = load_params(directory, step, make_mesh(jax.local_devices()[:1]))
+    config = GPTConfig(**meta["model_config"], **config_overrides)
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: GPT(config, rngs=nnx.Rngs(0))))
+    return nnx.merge(graphdef, params), meta
 
 
 def load_model(stage: str, model_tag: str | None = None, step: int | None = None, **config_overrides):

@@ -1,23 +1,23 @@
-"""Python config files with command-line overrides, ml_collections style.
+"""Config files with typed command-line overrides, parsed by ``ml_collections.config_flags``.
 
-    python -m train.pretrain --config=configs/d20.py --config.depth=12 --config.run_name=test
+    python -m train.pretrain --config=configs/d20.py --config.model.depth=12 --config.loop.num_iterations=100
 
-A config file defines ``get_config() -> ml_collections.ConfigDict``. Every
-``--config.<field>=<value>`` override must name an existing field (nested
-fields with dots); the value is parsed to the field's current type. An
-unknown field is an error that lists the closest existing names, so a typo
-never silently trains with the default.
+A config file defines ``get_config() -> ConfigDict`` built from the shared
+sections in ``configs/base.py``. The only additions here: errors become one
+``ConfigError`` line, and an unknown field suggests the closest dotted names
+across every section (``--config.depth`` -> ``model.depth``).
 """
 
 from __future__ import annotations
 
-import ast
 import difflib
 import importlib.util
 import sys
 from pathlib import Path
 
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
 
 
 class ConfigError(ValueError):
@@ -33,107 +33,79 @@ def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path} defines no get_config()")
-    cfg = module.get_config()
-    if not isinstance(cfg, ml_collections.ConfigDict):
-        cfg = ml_collections.ConfigDict(cfg)
+    return module.get_config()
+
+
+def field_names(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """Every leaf as a dotted name, e.g. ``model.depth``."""
+    names = []
+    for key, value in cfg.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            names.extend(field_names(value, f"{prefix}{key}."))
+        else:
+            names.append(prefix + key)
+    return names
+
+
+def lookup(cfg: ml_collections.ConfigDict, name: str):
+    for part in name.split("."):
+        cfg = cfg[part]
     return cfg
 
 
-def _all_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
-    keys = []
-    for k, v in cfg.items():
-        keys.append(prefix + k)
-        if isinstance(v, ml_collections.ConfigDict):
-            keys.extend(_all_keys(v, prefix + k + "."))
-    return keys
-
-
-def _parse_value(raw: str, current, key: str):
-    """Parse ``raw`` to the type of the field's current value."""
-    try:
-        if isinstance(current, bool):
-            low = raw.strip().lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        if isinstance(current, int):
-            value = ast.literal_eval(raw)
-            if isinstance(value, float) and value.is_integer():
-                value = int(value)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(raw)
-            return value
-        if isinstance(current, float):
-            return float(ast.literal_eval(raw))
-        if isinstance(current, str):
-            return raw
-        if isinstance(current, (tuple, list)):
-            return type(current)(ast.literal_eval(raw))
-        try:  # None or anything else: a Python literal, else the raw string
-            return ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            return raw
-    except (ValueError, SyntaxError):
-        raise ConfigError(
-            f"--config.{key}={raw!r}: expected a {type(current).__name__} (current value {current!r})"
-        ) from None
-
-
-def apply_override(cfg: ml_collections.ConfigDict, key: str, raw: str) -> None:
-    parts = key.split(".")
-    node = cfg
-    for i, part in enumerate(parts):
-        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            known = _all_keys(cfg)
-            close = difflib.get_close_matches(key, known, n=5, cutoff=0.5)
-            hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise ConfigError(f"unknown config field '{key}'.{hint} Known fields: {', '.join(sorted(known))}")
-        if i < len(parts) - 1:
-            node = node[part]
-    leaf = parts[-1]
-    current = node[leaf]
-    if isinstance(current, ml_collections.ConfigDict):
-        raise ConfigError(f"--config.{key} names a group; override one of its fields instead")
-    node[leaf] = _parse_value(raw, current, key)
+def _explain(error: Exception, path: str | None, overrides: list[str]) -> ConfigError:
+    """Turn absl's error into one line that names the field and what to write instead."""
+    cfg = load_config_file(path) if path else ml_collections.ConfigDict()
+    known = field_names(cfg)
+    for key in overrides:
+        if key not in known:
+            leaf = key.rsplit(".", 1)[-1]
+            close = [k for k in known if k.rsplit(".", 1)[-1] == leaf]
+            close += [k for k in difflib.get_close_matches(key, known, n=5, cutoff=0.5) if k not in close]
+            close += [k for k in known if difflib.get_close_matches(leaf, [k.rsplit(".", 1)[-1]], cutoff=0.75) and k not in close]
+            hint = f" Did you mean: {', '.join(close[:5])}?" if close else ""
+            return ConfigError(f"unknown config field '{key}'.{hint} Run with --help to list every field")
+    message = str(error).replace("\n", " ")
+    for key in overrides:
+        if f"--config.{key}=" in message:
+            current = lookup(cfg, key)
+            return ConfigError(f"{message}: expected a {type(current).__name__} (current value {current!r})")
+    return ConfigError(message)
 
 
 def parse_args(argv: list[str] | None = None, default_config: str | None = None) -> ml_collections.ConfigDict:
-    """``--config=path`` plus ``--config.field=value`` overrides, in order."""
-    argv = sys.argv[1:] if argv is None else argv
+    """``--config=path`` plus ``--config.section.field=value`` overrides; returns a locked ConfigDict."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     path = default_config
-    overrides: list[tuple[str, str]] = []
-    args = list(argv)
-    while args:
-        arg = args.pop(0)
+    for arg in argv:
         if arg in ("-h", "--help"):
-            raise SystemExit(_usage(path))
+            raise SystemExit(usage(path if path else _config_path(argv)))
         if not arg.startswith("--config"):
             raise ConfigError(f"unexpected argument {arg!r}; use --config=FILE and --config.field=value")
-        if "=" not in arg:
-            if not args:
-                raise ConfigError(f"{arg} needs a value")
-            arg = f"{arg}={args.pop(0)}"
-        name, raw = arg[2:].split("=", 1)
-        if name == "config":
-            path = raw
-        elif name.startswith("config."):
-            overrides.append((name[len("config."):], raw))
-        else:
-            raise ConfigError(f"unexpected argument {arg!r}")
+    path = _config_path(argv) or path
     if path is None:
         raise ConfigError("no config given: pass --config=configs/<name>.py")
-    cfg = load_config_file(path)
-    for key, raw in overrides:
-        apply_override(cfg, key, raw)
-    cfg.lock()
-    return cfg
+    if not Path(path).is_file():
+        load_config_file(path)  # raises the clear "not found" error
+    argv = [f"--config={path}"] + [a for a in argv if not a.startswith("--config=")]
+    overrides = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    values = flags.FlagValues()
+    holder = config_flags.DEFINE_config_file("config", flag_values=values, lock_config=True, sys_argv=["train", *argv])
+    try:
+        values(["train", *argv])
+        return holder.value
+    except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+        raise _explain(e, str(path), overrides) from None
 
 
-def _usage(path: str | None) -> str:
-    text = "usage: --config=configs/<name>.py [--config.<field>=<value> ...]\n"
+def _config_path(argv: list[str]) -> str | None:
+    paths = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    return paths[-1] if paths else None
+
+
+def usage(path: str | None) -> str:
+    text = "usage: --config=configs/<name>.py [--config.<section>.<field>=<value> ...]\n"
     if path:
         cfg = load_config_file(path)
-        text += f"\nfields of {path}:\n" + "\n".join(f"  {k} = {cfg[k]!r}" for k in cfg.keys())
+        text += f"\nfields of {path}:\n" + "\n".join(f"  {k} = {lookup(cfg, k)!r}" for k in field_names(cfg))
     return text

@@ -41,48 +41,15 @@ import optax
 from jax.sharding import Mesh
 
 from nanochat_jax.gpt import GPTConfig
+from nanochat_jax.schedules import DEFAULT_MUON_MOMENTUM
 from nanochat_jax.sharding import DATA_AXIS, muon_buffer_sharding, replicated, stacked_sharding
 
 # Keller Jordan's quintic coefficients, nanochat's zeropower_via_newtonschulz5.
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 NS_EPS = 1e-7
-DEFAULT_MUON_MOMENTUM = 0.95
 
 # Top-level parameter name -> optimizer group (nanochat's setup_optimizers split).
 GROUP_OF_TOP_LEVEL = {"wte": "embedding", "lm_head": "unembedding", "h": "muon"}
-
-
-# --------------------------------------------------------------------------- schedules (host side)
-
-
-def lr_multiplier_schedule(
-    step: int,
-    num_iterations: int,
-    warmup_ratio: float = 0.0,
-    warmdown_ratio: float = 0.2,
-    final_lr_frac: float = 0.0,
-) -> float:
-    """nanochat base_train's ``get_lr_multiplier``, formula for formula.
-
-    Linear warmup over ``round(warmup_ratio*N)`` steps, constant, then linear
-    warmdown over the last ``round(warmdown_ratio*N)`` steps to
-    ``final_lr_frac``. A plain host function: its value is fed to the jitted
-    step as a runtime scalar, so changing it never recompiles.
-    """
-    warmup_iters = round(warmup_ratio * num_iterations)
-    warmdown_iters = round(warmdown_ratio * num_iterations)
-    if step < warmup_iters:
-        return (step + 1) / warmup_iters
-    if step <= num_iterations - warmdown_iters:
-        return 1.0
-    progress = (num_iterations - step) / warmdown_iters
-    return progress * 1.0 + (1 - progress) * final_lr_frac
-
-
-def muon_momentum_schedule(step: int, warmup: int = 300, start: float = 0.85, end: float = 0.95) -> float:
-    """nanochat's ``get_muon_momentum``: linear ``start -> end`` over ``warmup`` steps, then flat."""
-    frac = min(step / warmup, 1)
-    return (1 - frac) * start + frac * end
 
 
 # --------------------------------------------------------------------------- small math helpers
@@ -426,9 +393,7 @@ __all__ = [
     "AdamWState",
     "MuonState",
     "adamw_group",
-    "lr_multiplier_schedule",
     "muon",
-    "muon_momentum_schedule",
     "nanochat_optimizer",
     "newton_schulz",
     "param_labels",

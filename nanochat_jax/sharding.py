@@ -5,9 +5,8 @@ Policy (classic nanochat is pure data parallelism, so is this):
 - parameters replicated;
 - batches sharded over ``"data"`` on their leading axis;
 - optimizer state replicated, or (``opt_state_shardings``) Muon's stacked
-  momentum, its Newton–Schulz work and optionally AdamW's moments sharded over
-  ``"data"`` on their leading axis, the GSPMD analogue of nanochat's
-  DistMuon/DistAdamW.
+  momentum and its Newton–Schulz work sharded over ``"data"`` on their
+  leading axis, the GSPMD analogue of nanochat's DistMuon.
 
 The mesh uses ``AxisType.Auto`` (classic GSPMD: ``jit`` in/out shardings plus
 ``with_sharding_constraint``) everywhere; ``jax.make_mesh`` would default to
@@ -97,16 +96,11 @@ def muon_buffer_sharding(shape: tuple[int, ...], mesh: Mesh) -> NamedSharding:
     return replicated(mesh)
 
 
-def opt_state_shardings(opt_state, mesh: Mesh, shard_muon: bool = False, *, shard_adamw: bool = False):
-    """A pytree of ``NamedSharding`` matching ``opt_state`` for jit in/out shardings.
+def opt_state_shardings(opt_state, mesh: Mesh, shard_muon: bool = False):
+    """A pytree of ``NamedSharding`` matching ``opt_state`` (real or abstract) for jit in/out shardings.
 
-    Works on real or abstract states (``jax.eval_shape(tx.init, params)``) of
-    ``optim.nanochat_optimizer``. Replicated by default; ``shard_muon`` places
-    Muon momentum (``momentum_buffer`` leaves) per ``muon_buffer_sharding``
-    (ZeRO-style); ``shard_adamw`` splits AdamW moments (``mu``/``nu``) on their
-    first axis where it divides (vocab rows for ``wte``, n_embd for
-    ``lm_head``), the ZeRO-2 idea of nanochat's DistAdamW (which splits torch's
-    dim 0, i.e. vocab for both; the axis does not change any value).
+    Replicated, except that ``shard_muon`` places Muon momentum
+    (``momentum_buffer`` leaves) per ``muon_buffer_sharding`` (ZeRO-style).
     """
 
     def place(path, leaf):
@@ -114,8 +108,6 @@ def opt_state_shardings(opt_state, mesh: Mesh, shard_muon: bool = False, *, shar
         shape = tuple(getattr(leaf, "shape", ()))
         if shard_muon and "momentum_buffer" in names:
             return muon_buffer_sharding(shape, mesh)
-        if shard_adamw and names & {"mu", "nu"} and len(shape) >= 1:
-            return stacked_sharding(mesh, shape[0])
         return replicated(mesh)
 
     return jax.tree_util.tree_map_with_path(place, opt_state)

@@ -133,7 +133,7 @@ def test_optimizer_steps_move_loss_the_same_way():
     xj, yj = sharding.make_global_microbatches(x, mesh), sharding.make_global_microbatches(y, mesh)
     j_losses, j_norms = [], []
     for lrm, mom in hypers + [(0.0, 0.95)]:  # the last call only reads the loss after three updates
-        state, metrics = step(state, xj, yj, np.float32(lrm), np.float32(mom))
+        state, metrics = step(state, {"inputs": xj, "targets": yj}, np.float32(lrm), np.float32(mom))
         j_losses.append(float(metrics["loss"]))
         j_norms.append(float(metrics["grad_norm"]))
         if len(j_losses) == 1:
@@ -185,7 +185,7 @@ def test_jax_step_matmuls_take_bf16_operands():
     graphdef, state, shardings = init_train_state(GPT(cfg, rngs=nnx.Rngs(0)), tx, mesh, shard_muon=False)
     step = make_train_step(graphdef, tx, shardings, mesh, grad_clip=1.0)
     x = sharding.make_global_microbatches(np.zeros((1, B, T), np.int32), mesh)
-    text = step.lower(state, x, x, np.float32(1), np.float32(0.95)).as_text()
+    text = step.lower(state, {"inputs": x, "targets": x}, np.float32(1), np.float32(0.95)).as_text()
     dots = re.findall(r"stablehlo\.dot_general.*?:\s*\((tensor<[^>]*>),\s*(tensor<[^>]*>)\)", text)
     assert len(dots) > 20
 

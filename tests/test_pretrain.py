@@ -17,12 +17,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from nanochat_jax import checkpoint
+from nanochat_jax import checkpoint, trainer
 from nanochat_jax.config import ConfigError, load_config_file, parse_args
 from nanochat_jax.gpt import GPTConfig
 from train import pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+SECTION = {"depth": "model", "max_seq_len": "model", "tokenizer_vocab_size": "data", "tokenizer_max_chars": "data",
+           "tokenizer_threads": "data", "data_dir": "data", "log_every": "log", "tensorboard": "log"}  # fmt: skip
 
 
 def tiny_args(**overrides):
@@ -32,7 +36,7 @@ def tiny_args(**overrides):
         sample_every=-1, save_every=4, log_every=1, model_tag="t", tokenizer_threads=1, tensorboard=False,
     )
     fields.update(overrides)
-    return ["--config=configs/tiny.py"] + [f"--config.{k}={v}" for k, v in fields.items()]
+    return ["--config=configs/tiny.py"] + [f"--config.{SECTION.get(k, 'loop')}.{k}={v}" for k, v in fields.items()]
 
 
 @pytest.fixture
@@ -56,39 +60,43 @@ def read_losses(run_dir: Path) -> dict[int, float]:
 
 def test_d20_resolves_to_nanochat_numbers():
     cfg = load_config_file(ROOT / "configs/d20.py")
-    model_config = GPTConfig.from_depth(cfg.depth, vocab_size=65536, sequence_len=cfg.max_seq_len)
+    model_config = GPTConfig.from_depth(cfg.model.depth, vocab_size=65536, sequence_len=cfg.model.max_seq_len)
     assert model_config.num_params() == 560_988_160
     assert pretrain.resolve_num_iterations(cfg, model_config) == 21_400
     assert pretrain.grad_accum_steps(cfg, num_devices=1) == 8
     assert pretrain.grad_accum_steps(cfg, num_devices=8) == 1
-    assert (cfg.embedding_lr, cfg.unembedding_lr, cfg.matrix_lr, cfg.grad_clip) == (0.2, 0.004, 0.02, 1.0)
-    assert (cfg.warmup_ratio, cfg.warmdown_ratio, cfg.final_lr_frac) == (0.0, 0.2, 0.0)
-    assert (cfg.eval_every, cfg.eval_tokens, cfg.sample_every) == (250, 20 * 524_288, 2000)
+    o, loop = cfg.optim, cfg.loop
+    assert (o.embedding_lr, o.unembedding_lr, o.matrix_lr, o.grad_clip) == (0.2, 0.004, 0.02, 1.0)
+    assert (o.warmup_ratio, o.warmdown_ratio, o.final_lr_frac) == (0.0, 0.2, 0.0)
+    assert (loop.eval_every, loop.eval_tokens, loop.sample_every) == (250, 20 * 524_288, 2000)
 
 
 def test_horizon_precedence():
-    cfg = parse_args(["--config=configs/d20.py", "--config.target_flops=3.491758080e18"])
+    cfg = parse_args(["--config=configs/d20.py", "--config.loop.target_flops=3.491758080e18"])
     mc = GPTConfig.from_depth(20, vocab_size=65536)
     # target_flops / (flops_per_token * batch) = 3.49e18 / (3.49e9 * 524288) ~ 1907
     assert pretrain.resolve_num_iterations(cfg, mc) == round(3.491758080e18 / (3491758080 * 524288))
-    cfg = parse_args(["--config=configs/d20.py", "--config.target_flops=1e18", "--config.num_iterations=7"])
+    cfg = parse_args(["--config=configs/d20.py", "--config.loop.target_flops=1e18", "--config.loop.num_iterations=7"])
     assert pretrain.resolve_num_iterations(cfg, mc) == 7
 
 
 def test_unknown_config_field_lists_close_matches():
-    with pytest.raises(ConfigError, match=r"unknown config field 'device_bach_size'.*device_batch_size"):
-        parse_args(["--config=configs/d20.py", "--config.device_bach_size=4"])
+    with pytest.raises(ConfigError, match=r"unknown config field 'loop.device_bach_size'.*loop.device_batch_size"):
+        parse_args(["--config=configs/d20.py", "--config.loop.device_bach_size=4"])
+    # A field given without its section names the section it lives in.
+    with pytest.raises(ConfigError, match=r"unknown config field 'depth'. Did you mean: model.depth"):
+        parse_args(["--config=configs/d20.py", "--config.depth=4"])
 
 
 def test_override_type_errors_are_clear():
-    with pytest.raises(ConfigError, match="expected a int"):
-        parse_args(["--config=configs/d20.py", "--config.depth=twelve"])
-    cfg = parse_args(["--config=configs/d20.py", "--config.depth=12", "--config.resume=true", "--config.matrix_lr=0.01"])
-    assert (cfg.depth, cfg.resume, cfg.matrix_lr) == (12, True, 0.01)
+    with pytest.raises(ConfigError, match="--config.model.depth=twelve.*expected a int"):
+        parse_args(["--config=configs/d20.py", "--config.model.depth=twelve"])
+    cfg = parse_args(["--config=configs/d20.py", "--config.model.depth=12", "--config.loop.resume=true", "--config.optim.matrix_lr=0.01"])
+    assert (cfg.model.depth, cfg.loop.resume, cfg.optim.matrix_lr) == (12, True, 0.01)
 
 
 def test_non_dividing_batch_is_a_clear_error():
-    cfg = parse_args(["--config=configs/d20.py", "--config.total_batch_size=500000"])
+    cfg = parse_args(["--config=configs/d20.py", "--config.loop.total_batch_size=500000"])
     with pytest.raises(ConfigError, match="total_batch_size=500000 is not a multiple"):
         pretrain.grad_accum_steps(cfg, num_devices=1)
 
@@ -126,7 +134,7 @@ def test_ctrl_c_saves_and_the_resumed_run_is_the_same_run(base_dir, monkeypatch,
     import signal
 
     full = pretrain.run(parse_args(tiny_args(model_tag="full", save_every=-1)))
-    real = pretrain.make_train_step
+    real = trainer.make_train_step
 
     def interrupted_after_three_steps(*args, **kwargs):
         step_fn = real(*args, **kwargs)
@@ -141,12 +149,12 @@ def test_ctrl_c_saves_and_the_resumed_run_is_the_same_run(base_dir, monkeypatch,
 
         return wrapped
 
-    monkeypatch.setattr(pretrain, "make_train_step", interrupted_after_three_steps)
+    monkeypatch.setattr(trainer, "make_train_step", interrupted_after_three_steps)
     pretrain.run(parse_args(tiny_args(model_tag="stop", save_every=-1)))
-    assert "Stopped at step 3; resume with --config.resume=True" in capsys.readouterr().out
+    assert "Stopped at step 3; resume with --config.loop.resume=True" in capsys.readouterr().out
     assert checkpoint.Checkpointer(base_dir / "base_checkpoints/stop").all_steps() == [3]
 
-    monkeypatch.setattr(pretrain, "make_train_step", real)
+    monkeypatch.setattr(trainer, "make_train_step", real)
     resumed = pretrain.run(parse_args(tiny_args(model_tag="stop", save_every=-1, resume=True)))
     full_losses, stop_losses = read_losses(base_dir / "runs/base/full"), read_losses(base_dir / "runs/base/stop")
     assert sorted(stop_losses) == sorted(full_losses) == list(range(8))
@@ -182,7 +190,7 @@ def test_tiny_run_checkpoint_loads_and_continues(base_dir, capsys):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(base_dir, monkeypatch):
-    real = pretrain.make_train_step
+    real = trainer.make_train_step
 
     def poisoned(*args, **kwargs):
         step_fn = real(*args, **kwargs)
@@ -197,8 +205,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(base_dir, monkeypatch):
 
         return wrapped
 
-    monkeypatch.setattr(pretrain, "make_train_step", poisoned)
-    with pytest.raises(pretrain.TrainingDiverged, match="loss is nan at step 5.*Last good checkpoint: step 4"):
+    monkeypatch.setattr(trainer, "make_train_step", poisoned)
+    with pytest.raises(trainer.TrainingDiverged, match="loss is nan at step 5.*Last good checkpoint: step 4"):
         pretrain.run(parse_args(tiny_args()))
     ckpt = checkpoint.Checkpointer(base_dir / "base_checkpoints/t")
     assert ckpt.all_steps() == [4]

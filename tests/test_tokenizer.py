@@ -549,8 +549,8 @@ def test_train_tokenizer_cli_error_is_a_message(tmp_path):
 
     with pytest.raises(SystemExit, match=r"^error: no parquet shards found"):
         main(["--data_dir", str(tmp_path), "--out", str(tmp_path / "tok")])
-    with pytest.raises(SystemExit, match=r"^error: unknown config field 'tokenizer_vocab'.*tokenizer_vocab_size"):
-        main([f"--config={REPO / 'configs/tiny.py'}", "--config.tokenizer_vocab=300"])
+    with pytest.raises(SystemExit, match=r"^error: unknown config field 'data.tokenizer_vocab'.*data.tokenizer_vocab_size"):
+        main([f"--config={REPO / 'configs/tiny.py'}", "--config.data.tokenizer_vocab=300"])
 
 
 def test_train_tokenizer_from_config(tmp_path, monkeypatch):
@@ -559,8 +559,8 @@ def test_train_tokenizer_from_config(tmp_path, monkeypatch):
 
     monkeypatch.setenv("NANOCHAT_JAX_BASE_DIR", str(tmp_path / "base"))
     write_shards(tmp_path / "data")
-    stats = main([f"--config={REPO / 'configs/tiny.py'}", f"--config.data_dir={tmp_path / 'data'}",
-                  "--config.tokenizer_vocab_size=300", "--config.tokenizer_max_chars=20000"])  # fmt: skip
+    stats = main([f"--config={REPO / 'configs/tiny.py'}", f"--config.data.data_dir={tmp_path / 'data'}",
+                  "--config.data.tokenizer_vocab_size=300", "--config.data.tokenizer_max_chars=20000"])  # fmt: skip
     assert stats["train_chars"] == 20_000 and stats["vocab_size"] == 300
     assert Path(stats["out_dir"]) == tmp_path / "base" / "sample_tokenizer"  # tiny.py's tokenizer_dir
     assert Tokenizer.from_directory(tmp_path / "base" / "sample_tokenizer").get_vocab_size() == 300

@@ -14,20 +14,13 @@ from nanochat_jax import sharding
 from nanochat_jax.gpt import GPT, GPTConfig
 from nanochat_jax.optim import nanochat_optimizer
 from nanochat_jax.train_step import init_train_state, make_train_step
+from model_helpers import random_gpt
 
 CFG = GPTConfig(sequence_len=32, vocab_size=300, n_layer=2, n_head=4, n_kv_head=2, n_embd=64)
 
 
 def random_model(seed=0):
-    """nanochat zero-inits lm_head and the output projections; randomise them."""
-    model = GPT(CFG, rngs=nnx.Rngs(seed))
-    key = jax.random.key(seed + 100)
-    for name in ("attn_c_proj", "mlp_c_proj"):
-        p = getattr(model.h, name)
-        key, sub = jax.random.split(key)
-        p[...] = 0.02 * jax.random.normal(sub, p[...].shape)
-    model.lm_head[...] = 0.02 * jax.random.normal(key, model.lm_head[...].shape)
-    return model
+    return random_gpt(CFG, seed)
 
 
 def batch(seed, n_micro, rows, T=32):
@@ -45,9 +38,8 @@ def run_steps(mesh, micro_batches, *, shard_muon, grad_clip=1.0, steps=2, ns_dty
     losses = []
     for i in range(steps):
         x, y = micro_batches
-        x = sharding.make_global_microbatches(x, mesh)
-        y = sharding.make_global_microbatches(y, mesh)
-        state, metrics = step_fn(state, x, y, np.float32(1.0 - 0.1 * i), np.float32(0.85 + 0.01 * i))
+        b = {"inputs": sharding.make_global_microbatches(x, mesh), "targets": sharding.make_global_microbatches(y, mesh)}
+        state, metrics = step_fn(state, b, np.float32(1.0 - 0.1 * i), np.float32(0.85 + 0.01 * i))
         losses.append(float(metrics["loss"]))
     return losses, jax.device_get(state.params), state
 
@@ -127,9 +119,28 @@ def test_tiny_model_overfits_one_batch(scan_layers):
     graphdef, state, shardings = init_train_state(model, tx, mesh, shard_muon=False)
     step_fn = make_train_step(graphdef, tx, shardings, mesh, grad_clip=1.0)
     x, y = batch(3, 1, 4)
-    x, y = jnp.asarray(x), jnp.asarray(y)
+    b = {"inputs": jnp.asarray(x), "targets": jnp.asarray(y)}
     losses = []
     for _ in range(100):
-        state, metrics = step_fn(state, x, y, np.float32(1.0), np.float32(0.95))
+        state, metrics = step_fn(state, b, np.float32(1.0), np.float32(0.95))
         losses.append(float(metrics["loss"]))
     assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])
+
+
+def test_policy_gradient_loss_is_weighted_logprob_over_valid_tokens():
+    """-sum(logp * A) / num_valid, with logp from an independent fp64 log-softmax of the logits."""
+    from nanochat_jax.train_step import policy_gradient_loss
+
+    model = random_model(3)
+    x, y = batch(4, 1, 3)
+    x, y = x[0], y[0].copy()
+    y[:, :5] = -1  # prompt positions
+    y[2, 20:] = -1  # padding
+    weights = np.random.default_rng(5).normal(size=y.shape).astype(np.float32)
+    got = float(policy_gradient_loss(model, {"inputs": x, "targets": y, "weights": weights}))
+    logits = np.asarray(model(x), np.float64)
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+    valid = y >= 0
+    picked = np.take_along_axis(logp, np.maximum(y, 0)[..., None], -1)[..., 0]
+    want = -(picked * weights * valid).sum() / valid.sum()
+    np.testing.assert_allclose(got, want, rtol=1e-4)

@@ -1,12 +1,12 @@
 """Train the BPE tokenizer on the pretraining shards (nanochat's `scripts/tok_train.py`).
 
-    python -m train.tokenizer --config=configs/d20.py [--config.tokenizer_max_chars=N ...]
+    python -m train.tokenizer --config=configs/d20.py [--config.data.tokenizer_max_chars=N ...]
     python -m train.tokenizer [--max_chars N] [--doc_cap 10000] [--vocab_size 65536]
                               [--data_dir DIR] [--out DIR]
 
 With ``--config`` the tokenizer a pretraining config needs is trained: its
-``data_dir``, ``tokenizer_dir``, ``tokenizer_vocab_size``,
-``tokenizer_max_chars`` and ``tokenizer_doc_cap`` fields. Without it, the
+``data`` section's ``data_dir``, ``tokenizer_dir``, ``tokenizer_vocab_size``,
+``tokenizer_max_chars`` and ``tokenizer_doc_cap``. Without it, the
 flags are nanochat's ``tok_train`` flags.
 
 The last parquet file (sorted by name) is the validation split, as in
@@ -122,9 +122,8 @@ def train_tokenizer(
 
 def train_from_config(cfg) -> tuple[Tokenizer, dict]:
     """The tokenizer a pretraining config asks for, trained on that config's data."""
-    return train_tokenizer(
-        cfg.data_dir, tokenizer_dir(cfg.tokenizer_dir), cfg.tokenizer_vocab_size, cfg.tokenizer_max_chars, cfg.tokenizer_doc_cap
-    )
+    d = cfg.data
+    return train_tokenizer(d.data_dir, tokenizer_dir(d.tokenizer_dir), d.tokenizer_vocab_size, d.tokenizer_max_chars, d.tokenizer_doc_cap)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -135,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             parser = argparse.ArgumentParser(
                 description="Train a BPE tokenizer on the pretraining parquet shards. "
-                "Or: --config=configs/X.py [--config.field=value ...] trains the tokenizer that config needs."
+                "Or: --config=configs/X.py [--config.data.field=value ...] trains the tokenizer that config needs."
             )
             parser.add_argument("--max_chars", type=int, default=DEFAULT_MAX_CHARS, help="train on the first N characters (default 10B)")
             parser.add_argument("--doc_cap", type=int, default=DEFAULT_DOC_CAP, help="cap each document at this many characters")
