@@ -83,3 +83,12 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
     c.loop.sample_every = 2000
     c.loop.sample_max_tokens = 16
     return c
+
+
+def chat_defaults(source_stage: str) -> ml_collections.ConfigDict:
+    """Shared by the stages that continue a checkpoint (mid, SFT, RL): the model comes from ``source``."""
+    model = model_section()
+    del model["depth"]  # the source checkpoint fixes the architecture; the rest are execution switches
+    source = ml_collections.ConfigDict(dict(stage=source_stage, model_tag="", step=-1))  # "" = largest d<N>; -1 = latest
+    data = ml_collections.ConfigDict(dict(train="", val="", task_dir=""))  # mixture names; task_dir "" = HF hub / $NANOCHAT_JAX_TASK_DIR
+    return ml_collections.ConfigDict(dict(source=source, model=model, data=data, optim=optim_section(), loop=loop_section(), log=log_section()))

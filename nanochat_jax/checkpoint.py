@@ -43,8 +43,15 @@ STAGE_DIRS = {
 }
 
 
+CREATED_BY = {"base": "train.pretrain", "mid": "train.mid", "sft": "train.sft", "rl": "train.rl"}
+
+
 class CheckpointNotFoundError(FileNotFoundError):
     """No usable checkpoint where one was asked for."""
+
+
+def _train_first(stage: str) -> str:
+    return f"train one first: python -m {CREATED_BY[stage]} --config=configs/<config>.py (tiny: configs/tiny*.py)"
 
 
 def stage_dir(stage: str) -> Path:
@@ -58,10 +65,7 @@ def find_model_tag(stage: str) -> str:
     root = stage_dir(stage)
     tags = [p for p in root.iterdir() if p.is_dir()] if root.exists() else []
     if not tags:
-        raise CheckpointNotFoundError(
-            f"no {stage} checkpoints under {root}; train one first "
-            f"(e.g. `python -m train.pretrain --config=configs/tiny.py` for base)"
-        )
+        raise CheckpointNotFoundError(f"no {stage} checkpoints under {root}; {_train_first(stage)}")
     depth_tags = [(int(m.group(1)), p.name) for p in tags if (m := re.fullmatch(r"d(\d+)", p.name))]
     if depth_tags:
         return max(depth_tags)[1]
@@ -199,17 +203,32 @@ def load_model_checkpoint(directory: str | Path, step: int | None = None, **conf
     return nnx.merge(graphdef, params), meta
 
 
-def load_model(stage: str, model_tag: str | None = None, step: int | None = None, **config_overrides):
-    """nanochat's ``load_model``: ``(model, tokenizer, meta)`` for a stage's checkpoint."""
+def stage_tokenizer(meta: dict, vocab_size: int):
+    """The tokenizer a checkpoint was trained with, checked against its vocabulary."""
     from nanochat_jax.tokenizer import Tokenizer, get_tokenizer
 
-    model_tag = model_tag or find_model_tag(stage)
-    model, meta = load_model_checkpoint(stage_dir(stage) / model_tag, step, **config_overrides)
     tok_dir = meta.get("tokenizer_dir")
     tokenizer = Tokenizer.from_directory(tok_dir) if tok_dir else get_tokenizer()
-    if tokenizer.get_vocab_size() != model.config.vocab_size:
+    if tokenizer.get_vocab_size() != vocab_size:
         raise ValueError(
-            f"tokenizer vocab {tokenizer.get_vocab_size()} != model vocab {model.config.vocab_size} "
+            f"tokenizer vocab {tokenizer.get_vocab_size()} != model vocab {vocab_size} "
             f"(tokenizer from {tok_dir or 'the default directory'})"
         )
-    return model, tokenizer, meta
+    return tokenizer
+
+
+def load_model(stage: str, model_tag: str | None = None, step: int | None = None, **config_overrides):
+    """nanochat's ``load_model``: ``(model, tokenizer, meta)`` for a stage's checkpoint."""
+    model_tag = model_tag or find_model_tag(stage)
+    model, meta = load_model_checkpoint(stage_dir(stage) / model_tag, step, **config_overrides)
+    return model, stage_tokenizer(meta, model.config.vocab_size), meta
+
+
+def load_stage(stage: str, model_tag: str, step: int | None, mesh, **config_overrides):
+    """A later stage's start: ``(params on mesh, GPTConfig, tokenizer, meta, tag)`` of a stage's checkpoint."""
+    model_tag = model_tag or find_model_tag(stage)
+    if not (stage_dir(stage) / model_tag).is_dir():
+        raise CheckpointNotFoundError(f"no {stage} checkpoint {model_tag!r} under {stage_dir(stage)}; {_train_first(stage)}")
+    params, meta = load_params(stage_dir(stage) / model_tag, step, mesh)
+    config = GPTConfig(**meta["model_config"], **config_overrides)
+    return params, config, stage_tokenizer(meta, config.vocab_size), meta, model_tag

@@ -43,3 +43,17 @@ def evaluate_bpb(graphdef, params, batches, steps: int, token_bytes: np.ndarray)
     if total_bytes == 0:
         return float("inf")
     return total_nats / (math.log(2) * total_bytes)
+
+
+@partial(jax.jit, static_argnums=0)
+def _mean_loss(graphdef, params, inputs, targets):
+    return nnx.merge(graphdef, params)(inputs, targets)
+
+
+def evaluate_loss(graphdef, params, batches, steps: int) -> float:
+    """chat_sft's validation loss: the mean over ``steps`` global batches of each batch's mean loss."""
+    total = jnp.zeros((), jnp.float32)
+    for _ in range(steps):
+        inputs, targets = next(batches)
+        total = total + _mean_loss(graphdef, params, inputs, targets)
+    return float(total) / steps

@@ -126,36 +126,43 @@ def format_eta(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-def agree_any(flag: bool) -> bool:
-    """True on every process when it is true on any (nanochat's all-reduce MAX of last_step)."""
+def agree_max(value: int) -> int:
+    """The largest value over all processes (nanochat's all-reduce MAX, e.g. of last_step)."""
     if jax.process_count() == 1:
-        return flag
-    return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
+        return value
+    return int(np.max(multihost_utils.process_allgather(np.int32(value))))
 
 
 # --------------------------------------------------------------------------- resolving a stage's numbers
 
 
-def model_config_from(model_cfg, vocab_size: int) -> GPTConfig:
+def execution_overrides(model_cfg) -> dict:
+    """The config's execution switches (dtype, attention, remat, scan, chunked CE) as GPTConfig fields."""
     dtype = hardware.default_compute_dtype() if model_cfg.compute_dtype == "auto" else model_cfg.compute_dtype
-    return GPTConfig.from_depth(
-        model_cfg.depth, vocab_size=vocab_size, sequence_len=model_cfg.max_seq_len, compute_dtype=dtype,
-        attention_impl=model_cfg.attention_impl, remat=model_cfg.remat, scan_layers=model_cfg.scan_layers,
-        ce_chunk_size=model_cfg.ce_chunk_size,
-    )  # fmt: skip
+    return dict(compute_dtype=dtype, attention_impl=model_cfg.attention_impl, remat=model_cfg.remat,
+                scan_layers=model_cfg.scan_layers, ce_chunk_size=model_cfg.ce_chunk_size)  # fmt: skip
+
+
+def model_config_from(model_cfg, vocab_size: int) -> GPTConfig:
+    return GPTConfig.from_depth(model_cfg.depth, vocab_size=vocab_size, sequence_len=model_cfg.max_seq_len,
+                                **execution_overrides(model_cfg))  # fmt: skip
+
+
+def accumulation(total: int, per_micro: int, what: str) -> int:
+    """Micro-batches per optimizer step: ``total / per_micro``, which must divide exactly."""
+    if total % per_micro:
+        raise ConfigError(
+            f"{what}: {total} is not a multiple of {per_micro}; "
+            f"pick one that is (e.g. {per_micro * max(1, round(total / per_micro))})"
+        )
+    return total // per_micro
 
 
 def grad_accum_steps(cfg, num_devices: int) -> int:
-    """total_batch_size / (device_batch_size * seq * devices); it must divide exactly."""
-    rows, seq, total = cfg.loop.device_batch_size, cfg.model.max_seq_len, cfg.loop.total_batch_size
-    per_step = rows * seq * num_devices
-    if total % per_step:
-        raise ConfigError(
-            f"total_batch_size={total} is not a multiple of device_batch_size*max_seq_len*devices "
-            f"= {rows}*{seq}*{num_devices} = {per_step}; "
-            f"pick a total_batch_size that is (e.g. {per_step * max(1, round(total / per_step))})"
-        )
-    return total // per_step
+    """total_batch_size / (device_batch_size * seq * devices), as nanochat's token-batch stages compute it."""
+    rows, seq = cfg.loop.device_batch_size, cfg.model.max_seq_len
+    what = f"total_batch_size={cfg.loop.total_batch_size} vs device_batch_size*max_seq_len*devices = {rows}*{seq}*{num_devices}"
+    return accumulation(cfg.loop.total_batch_size, rows * seq * num_devices, what)
 
 
 class StreamBatches:
@@ -175,6 +182,20 @@ class StreamBatches:
 
     def close(self) -> None:
         self.loader.close()
+
+
+def pad_columns(rows: np.ndarray, width: int, value) -> np.ndarray:
+    """Right-pad ``(rows, T)`` to ``width`` columns: micro-batches of one step (and of all hosts) share a shape."""
+    return rows if rows.shape[1] == width else np.pad(rows, ((0, 0), (0, width - rows.shape[1])), constant_values=value)
+
+
+def global_batches(source: BatchSource, mesh):
+    """``(inputs, targets)`` global arrays from a batch source, for evaluations (widths agreed across hosts)."""
+    while True:
+        batch = source.next()
+        width = agree_max(batch["targets"].shape[1])
+        yield tuple(sharding.make_global_batch(pad_columns(batch[k], width, -1 if k == "targets" else 0), mesh)
+                    for k in ("inputs", "targets"))  # fmt: skip
 
 
 class Trainer:
@@ -238,7 +259,8 @@ class Trainer:
     def _fetch(self) -> _Held:
         state_before = self.source.get_state()
         micro = [self.source.next() for _ in range(self.stage.grad_accum)]
-        batch = {k: np.stack([m[k] for m in micro]) for k in micro[0]}
+        width = agree_max(max(m["targets"].shape[1] for m in micro))
+        batch = {k: np.stack([pad_columns(m[k], width, -1 if k == "targets" else 0) for m in micro]) for k in micro[0]}
         progress = max(float(self.source.progress), self.held.progress if self.held else 0.0)
         return _Held(batch, state_before, progress, bool(self.source.exhausted))  # progress never goes back (nanochat)
 
@@ -329,7 +351,7 @@ class Trainer:
     def _is_last(self, step: int) -> bool:
         if self.stage.num_steps is not None:
             return step >= self.stage.num_steps
-        return agree_any(self.held.exhausted)
+        return bool(agree_max(int(self.held.exhausted)))
 
     def run(self) -> dict:
         """Train to the horizon (or a Ctrl-C); returns the summary (also printed)."""
@@ -363,6 +385,7 @@ class Trainer:
             "training_time_s": loop["total_training_time"],
             "tokens_per_s": (last_step - self.start_step) * tokens / wall if wall > 0 else float("nan"),
             "mean_mfu": loop["mfu_sum"] / loop["mfu_count"] if loop["mfu_count"] else None,
+            "compiled_programs": getattr(self.step_fn, "_cache_size", lambda: None)(),  # one per batch shape
             "checkpoint_dir": str(self.ckpt_dir),
             "run_dir": str(self.run_dir),
         }
@@ -382,6 +405,7 @@ def print_summary(summary: dict) -> None:
         f"  wall time         {summary['wall_time_s']:.1f}s (training {summary['training_time_s']:.1f}s)",
         f"  throughput        {summary['tokens_per_s']:,.0f} tok/s (whole run, evals included)",
         f"  mean MFU          {'n/a' if mfu is None else f'{100 * mfu:.2f}%'}",
+        f"  step programs     {summary['compiled_programs']} compiled",
     ]
     lines += [f"  {k:<17} {v:.4f}" for k, v in summary.items() if k.startswith(("min_", "final_"))]
     lines += [f"  checkpoints       {summary['checkpoint_dir']}",

@@ -1,0 +1,113 @@
+"""Batches of rendered conversations for midtraining and SFT (nanochat's two chat collations).
+
+``ConversationStream`` (mid_train): conversations rendered and concatenated into
+one token stream, cut into ``rows*T+1`` windows, no loss mask; one epoch.
+``PaddedConversations`` (chat_sft): one conversation per row, loss on what the
+assistant writes only (targets -1 elsewhere), rows padded to a few fixed length
+buckets so the step compiles a bounded number of programs. Both walk the
+dataset with the process stride (``rank, rank+world, ...``) and resume exactly
+from a small JSON state.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nanochat_jax.common import process_index
+
+
+def _process_grid() -> tuple[int, int]:
+    import jax
+
+    return process_index(), jax.process_count()
+
+
+class ConversationStream:
+    """nanochat's mid_data_generator: pop ``rows*T+1`` tokens per micro-batch from the rendered stream."""
+
+    def __init__(self, dataset, tokenizer, rows: int, seq_len: int, state: dict | None = None, max_tokens: int = 2048):
+        if len(dataset) == 0:
+            raise ValueError("the midtraining mixture is empty")
+        self.dataset, self.tokenizer, self.rows, self.seq_len, self.max_tokens = dataset, tokenizer, rows, seq_len, max_tokens
+        self.rank, self.world = _process_grid()
+        state = state or {"cursor": self.rank, "buffer": [], "exhausted": False}
+        self.cursor, self.buffer, self.exhausted = state["cursor"], list(state["buffer"]), state["exhausted"]
+
+    @property
+    def progress(self) -> float:
+        return self.cursor / len(self.dataset)
+
+    def next(self) -> dict[str, np.ndarray]:
+        needed = self.rows * self.seq_len + 1
+        while len(self.buffer) < needed:
+            ids, _ = self.tokenizer.render_conversation(self.dataset[self.cursor], max_tokens=self.max_tokens)
+            self.buffer.extend(ids)
+            self.cursor += self.world
+            if self.cursor >= len(self.dataset):
+                self.cursor -= len(self.dataset)
+                self.exhausted = True
+        window = np.asarray(self.buffer[:needed], np.int32)
+        del self.buffer[:needed]
+        return {"inputs": window[:-1].reshape(self.rows, self.seq_len), "targets": window[1:].reshape(self.rows, self.seq_len)}
+
+    def get_state(self) -> dict:
+        return {"cursor": self.cursor, "buffer": list(self.buffer), "exhausted": self.exhausted}
+
+    def close(self) -> None:
+        pass
+
+
+def length_buckets(max_len: int, smallest: int = 64) -> tuple[int, ...]:
+    """Powers of two from ``smallest`` up to ``max_len`` (included): the row lengths SFT compiles for."""
+    buckets, b = [], smallest
+    while b < max_len:
+        buckets.append(b)
+        b *= 2
+    return (*buckets, max_len)
+
+
+def sft_rows(rendered: list[tuple[list[int], list[int]]], pad_id: int, buckets: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """chat_sft's collate: inputs ids[:-1], targets ids[1:] where mask[1:] is 1 else -1, padded to a bucket."""
+    longest = max(len(ids) for ids, _ in rendered) - 1
+    width = next(b for b in buckets if b >= longest)
+    inputs = np.full((len(rendered), width), pad_id, np.int32)
+    targets = np.full((len(rendered), width), -1, np.int32)
+    for row, (ids, mask) in enumerate(rendered):
+        ids, mask = np.asarray(ids, np.int32), np.asarray(mask)
+        inputs[row, : len(ids) - 1] = ids[:-1]
+        targets[row, : len(ids) - 1] = np.where(mask[1:] == 1, ids[1:], -1)
+    return {"inputs": inputs, "targets": targets}
+
+
+class PaddedConversations:
+    """nanochat's sft_data_generator: ``rows`` conversations per micro-batch, cycling over the dataset."""
+
+    exhausted = False  # SFT's horizon is a step count (epochs of the dataset), not the data running out
+
+    def __init__(self, dataset, tokenizer, rows: int, max_len: int, state: dict | None = None):
+        if len(dataset) == 0:
+            raise ValueError("the SFT mixture is empty")
+        self.dataset, self.tokenizer, self.rows = dataset, tokenizer, rows
+        self.buckets = length_buckets(max_len)
+        self.pad_id = tokenizer.encode_special("<|assistant_end|>")
+        rank, world = _process_grid()
+        self.indices = range(rank, len(dataset), world)
+        self.consumed = (state or {"consumed": 0})["consumed"]
+
+    @property
+    def progress(self) -> float:
+        return self.consumed / len(self.indices)
+
+    def next(self) -> dict[str, np.ndarray]:
+        rendered = []
+        for _ in range(self.rows):
+            conversation = self.dataset[self.indices[self.consumed % len(self.indices)]]
+            rendered.append(self.tokenizer.render_conversation(conversation, max_tokens=self.buckets[-1]))
+            self.consumed += 1
+        return sft_rows(rendered, self.pad_id, self.buckets)
+
+    def get_state(self) -> dict:
+        return {"consumed": self.consumed}
+
+    def close(self) -> None:
+        pass

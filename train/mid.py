@@ -1,0 +1,68 @@
+"""Midtraining: ``python -m train.mid --config=configs/mid.py`` (nanochat 8c89661's mid_train).
+
+Starts from a base checkpoint, trains on one epoch of a conversation mixture
+rendered into one token stream (no loss mask), LR flat for 80% of the epoch
+then linear to 0, Muon momentum ramped; val bpb every ``loop.eval_every``;
+saves ``mid_checkpoints/<tag>`` with optimizer state.
+"""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from nanochat_jax import sharding
+from nanochat_jax.chat_batches import ConversationStream
+from nanochat_jax.checkpoint import load_stage
+from nanochat_jax.common import print0
+from nanochat_jax.config import ConfigError, parse_args
+from nanochat_jax.gpt import GPT
+from nanochat_jax.loss_eval import evaluate_bpb
+from nanochat_jax.schedules import mid_schedule
+from nanochat_jax.trainer import Periodic, Stage, execution_overrides, global_batches, grad_accum_steps, run_stage
+from nanochat_jax.tasks.mixtures import mixture
+
+
+def build_stage(cfg, mesh) -> Stage:
+    src = cfg.source
+    params, model_config, tokenizer, meta, tag = load_stage(
+        src.stage, src.model_tag, src.step if src.step >= 0 else None, mesh, **execution_overrides(cfg.model)
+    )
+    seq = cfg.model.max_seq_len
+    if seq > model_config.sequence_len:
+        raise ConfigError(f"model.max_seq_len={seq} exceeds the {src.stage} model's sequence_len {model_config.sequence_len}")
+    rows = cfg.loop.device_batch_size * jax.local_device_count()
+    accum = grad_accum_steps(cfg, jax.device_count())
+    train, val = mixture(cfg.data.train, cfg.data.task_dir), mixture(cfg.data.val, cfg.data.task_dir)
+    print0(f"Midtraining on {len(train):,} conversations ({cfg.data.train}), val {len(val):,}; grad accumulation {accum}")
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: GPT(model_config, rngs=nnx.Rngs(0))))
+
+    def val_bpb(ctx) -> dict:
+        steps = max(1, cfg.loop.eval_tokens // (rows * jax.process_count() * seq))
+        batches = global_batches(ConversationStream(val, tokenizer, rows, seq), mesh)
+        return {"val/bpb": evaluate_bpb(ctx.graphdef, ctx.params, batches, steps, tokenizer.token_bytes())}
+
+    return Stage(
+        name="mid", tag=cfg.loop.model_tag or tag, cfg=cfg, model_config=model_config,
+        init_model=lambda mesh: nnx.merge(graphdef, params),
+        open_batches=lambda state: ConversationStream(train, tokenizer, rows, seq, state),
+        schedule=mid_schedule, grad_accum=accum, tokens_per_step=cfg.loop.total_batch_size,
+        num_steps=cfg.loop.num_iterations if cfg.loop.num_iterations > 0 else None,
+        evals=[Periodic(cfg.loop.eval_every, val_bpb)],
+        meta={"tokenizer_dir": meta.get("tokenizer_dir"), "source": f"{src.stage}/{tag}/{meta['step']}",
+              "device_batch_size": cfg.loop.device_batch_size, "max_seq_len": seq},
+    )  # fmt: skip
+
+
+def run(cfg) -> dict:
+    sharding.maybe_initialize_distributed()
+    mesh = sharding.make_mesh()
+    return run_stage(build_stage(cfg, mesh), mesh)
+
+
+def main(argv=None) -> None:
+    run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

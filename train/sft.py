@@ -1,0 +1,70 @@
+"""Supervised finetuning: ``python -m train.sft --config=configs/sft.py`` (nanochat 8c89661's chat_sft).
+
+Starts from the mid (or ``--config.source.stage=base``) checkpoint; one
+conversation per row, loss on what the assistant writes only, rows padded to
+a few length buckets (a bounded number of compiled programs);
+``loop.target_examples_per_step`` sets gradient accumulation; every LR starts at
+``optim.init_lr_frac`` of its base value and decays linearly to 0.
+"""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from nanochat_jax import sharding
+from nanochat_jax.chat_batches import PaddedConversations
+from nanochat_jax.checkpoint import load_stage
+from nanochat_jax.common import print0
+from nanochat_jax.config import parse_args
+from nanochat_jax.gpt import GPT
+from nanochat_jax.loss_eval import evaluate_loss
+from nanochat_jax.schedules import decay_schedule
+from nanochat_jax.tasks.mixtures import mixture
+from nanochat_jax.trainer import Periodic, Stage, accumulation, execution_overrides, global_batches, run_stage
+
+
+def build_stage(cfg, mesh) -> Stage:
+    src, loop = cfg.source, cfg.loop
+    params, model_config, tokenizer, meta, tag = load_stage(
+        src.stage, src.model_tag, src.step if src.step >= 0 else None, mesh, **execution_overrides(cfg.model)
+    )
+    max_len = min(cfg.model.max_seq_len, model_config.sequence_len)
+    rows = loop.device_batch_size * jax.local_device_count()
+    what = f"target_examples_per_step vs device_batch_size*devices = {loop.device_batch_size}*{jax.device_count()}"
+    accum = accumulation(loop.target_examples_per_step, loop.device_batch_size * jax.device_count(), what)
+    train, val = mixture(cfg.data.train, cfg.data.task_dir), mixture(cfg.data.val, cfg.data.task_dir)
+    num_steps = loop.num_iterations if loop.num_iterations > 0 else (len(train) // loop.target_examples_per_step) * loop.num_epochs
+    if num_steps <= 0:
+        raise ValueError(f"{len(train)} SFT conversations make no step of {loop.target_examples_per_step} examples")
+    print0(f"SFT on {len(train):,} conversations ({cfg.data.train}): {num_steps:,} steps x {loop.target_examples_per_step} "
+           f"examples, grad accumulation {accum}; val {len(val):,}")  # fmt: skip
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: GPT(model_config, rngs=nnx.Rngs(0))))
+
+    def val_loss(ctx) -> dict:
+        batches = global_batches(PaddedConversations(val, tokenizer, rows, max_len), mesh)
+        return {"val/loss": evaluate_loss(ctx.graphdef, ctx.params, batches, loop.eval_steps)}
+
+    return Stage(
+        name="sft", tag=loop.model_tag or tag, cfg=cfg, model_config=model_config,
+        init_model=lambda mesh: nnx.merge(graphdef, params),
+        open_batches=lambda state: PaddedConversations(train, tokenizer, rows, max_len, state),
+        schedule=decay_schedule(num_steps, cfg.optim.init_lr_frac), grad_accum=accum,
+        tokens_per_step=loop.target_examples_per_step * max_len, num_steps=num_steps,
+        evals=[Periodic(loop.eval_every, val_loss)],
+        meta={"tokenizer_dir": meta.get("tokenizer_dir"), "source": f"{src.stage}/{tag}/{meta['step']}"},
+    )  # fmt: skip
+
+
+def run(cfg) -> dict:
+    sharding.maybe_initialize_distributed()
+    mesh = sharding.make_mesh()
+    return run_stage(build_stage(cfg, mesh), mesh)
+
+
+def main(argv=None) -> None:
+    run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
