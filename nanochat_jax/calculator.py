@@ -1,26 +1,12 @@
 """The calculator tool the chat model calls between <|python_start|> and <|python_end|>.
 
-nanochat evaluates the expression with Python's ``eval`` (empty builtins, a
-character whitelist, a deny-list and a 3 s SIGALRM). Text written by a model
-is untrusted input, and deny-lists around ``eval`` have a long history of
-escapes, so this module never calls ``eval``/``exec``/``compile`` on it.
-Instead it parses the text with ``ast.parse(mode="eval")`` (parsing runs no
-code) and walks the tree itself, accepting only:
-
-* int and float literals, ``+ - * / // % **``, unary ``+``/``-``, parentheses;
-* ``'literal'.count('literal')`` -- nanochat's SpellingBee form -- whose int
-  result can take part in arithmetic.
-
-Everything else (names, attribute chains, any other call, subscripts,
-comprehensions, lambdas, f-strings, bytes, bools, ...) is refused. Resource
-use is bounded independently of the tree's shape: the text length, the
-tree's node count and depth, the size of every integer (so ``9**9**9`` is
-refused *before* it is computed) and a wall-clock deadline checked at every
-node. Refusal, like any evaluation error, returns ``None`` -- nanochat's
-contract: the engine then forces no output tokens.
-
-Commas are stripped like nanochat does (``1,000`` is a thousand), but only
-outside string literals, so ``'a,b'.count(',')`` keeps its meaning.
+nanochat runs the text through ``eval`` behind a deny-list; model output is
+untrusted and deny-lists leak, so here the text is only parsed (``ast``, which
+runs no code) and the tree walked: number literals, ``+ - * / // % **``, unary
+signs, and nanochat's ``'literal'.count('literal')``. Anything else, or any
+bound exceeded (text length, node count, depth, integer size checked *before*
+``**``, a deadline), returns ``None`` -- nanochat's "no output" contract.
+Commas are stripped outside string literals (``1,000`` is a thousand).
 """
 
 from __future__ import annotations
@@ -168,7 +154,3 @@ def evaluate(expr: str, timeout: float = DEFAULT_TIMEOUT_S) -> int | float | Non
     except (Refused, SyntaxError, ValueError, TypeError, ArithmeticError, RecursionError, MemoryError):
         # ArithmeticError covers ZeroDivisionError and OverflowError.
         return None
-
-
-# nanochat's name for the same entry point.
-use_calculator = evaluate

@@ -1,16 +1,11 @@
 """Chat with a trained model in the terminal (nanochat's ``scripts/chat_cli.py``).
 
-    python -m nanochat_jax.chat                      # interactive, latest SFT checkpoint
+    python -m nanochat_jax.chat                                    # interactive, latest SFT checkpoint
     python -m nanochat_jax.chat -i mid -p "Why is the sky blue?"   # one reply, then exit
 
-The conversation is kept as one token list, exactly as the model was trained
-to read it: ``<|bos|>`` then, per turn, ``<|user_start|> text <|user_end|>
-<|assistant_start|>`` followed by the streamed reply and ``<|assistant_end|>``.
-Typing ``clear`` starts over, ``quit``/``exit`` (or end of input) leaves.
-
-The loop lives in :func:`run_chat`, which takes any model/tokenizer and any
-input/output streams, so it can be driven by tests and other front ends;
-:func:`main` only parses flags and loads the checkpoint.
+The conversation is kept as tokens, the model's replies as it wrote them
+(re-encoding their text could split it differently). ``clear`` starts over,
+``quit``/``exit`` or end of input leaves. :func:`run_chat` takes any streams.
 """
 
 from __future__ import annotations
@@ -19,7 +14,11 @@ import argparse
 import sys
 from typing import TextIO
 
-STAGES = ("base", "mid", "sft", "rl")
+from nanochat_jax.checkpoint import STAGE_DIRS, CheckpointNotFoundError, load_model, stage_dir
+from nanochat_jax.engine import Engine
+from nanochat_jax.hardware import default_compute_dtype
+from nanochat_jax.streaming import stream_text
+
 # How each stage's checkpoints come into being (printed when none exists).
 CREATE_HINTS = {
     "base": "python -m train.pretrain --config=configs/tiny.py",
@@ -32,35 +31,11 @@ CREATE_HINTS = {
 }
 
 
-class StreamPrinter:
-    """Prints a reply token by token without ever splitting a UTF-8 character.
-
-    A multi-byte character can span tokens; decoding a prefix then ends in
-    U+FFFD. Re-decoding the whole reply and printing only once the text no
-    longer ends in U+FFFD prints every character exactly once, whole.
-    """
-
-    def __init__(self, tokenizer, out: TextIO):
-        self.tokenizer = tokenizer
-        self.out = out
-        self.tokens: list[int] = []
-        self.printed = 0
-
-    def add(self, token: int) -> None:
-        self.tokens.append(token)
-        text = self.tokenizer.decode(self.tokens)
-        if not text.endswith("\ufffd"):
-            self._emit(text)
-
-    def finish(self) -> None:
-        """Print whatever is left, replacement characters included (the reply ended mid-character)."""
-        self._emit(self.tokenizer.decode(self.tokens))
-
-    def _emit(self, text: str) -> None:
-        if len(text) > self.printed:
-            self.out.write(text[self.printed :])
-            self.out.flush()
-            self.printed = len(text)
+def _recorded(columns, reply: list[int]):
+    """The sampled tokens of ``Engine.generate`` columns, each also appended to ``reply``."""
+    for column, _ in columns:
+        reply.append(column[0])
+        yield column[0]
 
 
 def _read_line(prompt: str, stdin: TextIO, stdout: TextIO) -> str:
@@ -94,16 +69,11 @@ def run_chat(
     so the output can be piped); otherwise it reads user lines from
     ``stdin`` until ``quit``/``exit``/end of input.
     """
-    from nanochat_jax.engine import Engine
-
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
     engine = engine or Engine(model, tokenizer)
     bos = tokenizer.get_bos_token_id()
-    user_start, user_end = tokenizer.encode_special("<|user_start|>"), tokenizer.encode_special("<|user_end|>")
-    assistant_start = tokenizer.encode_special("<|assistant_start|>")
     assistant_end = tokenizer.encode_special("<|assistant_end|>")
-    stops = (assistant_end, bos)
 
     conversation = [bos]
     if prompt is None:
@@ -132,20 +102,15 @@ def run_chat(
             if not user_input:
                 continue
 
-        conversation += [user_start, *tokenizer.encode(user_input), user_end, assistant_start]
+        turn = tokenizer.render_for_completion({"messages": [{"role": "user", "content": user_input}]})
+        conversation += turn[1:]  # the conversation already starts with <|bos|>
         if prompt is None:
             stdout.write("\nAssistant: ")
-        printer = StreamPrinter(tokenizer, stdout)
         reply: list[int] = []
-        for column, _ in engine.generate(
-            conversation, num_samples=1, max_tokens=max_tokens, temperature=temperature, top_k=top_k, seed=seed
-        ):
-            token = column[0]
-            reply.append(token)
-            if token in stops:
-                break
-            printer.add(token)
-        printer.finish()
+        columns = engine.generate(conversation, num_samples=1, max_tokens=max_tokens, temperature=temperature, top_k=top_k, seed=seed)
+        for piece, _ in stream_text(tokenizer, _recorded(columns, reply), (assistant_end, bos)):
+            stdout.write(piece)
+            stdout.flush()
         stdout.write("\n")
         stdout.flush()
         # The model's own <|assistant_end|> closes the turn; add one when it stopped otherwise.
@@ -161,7 +126,7 @@ def run_chat(
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m nanochat_jax.chat", description="Chat with a nanochat_jax model.")
-    p.add_argument("-i", "--source", default="sft", choices=STAGES, help="which stage's checkpoint to load (default: sft)")
+    p.add_argument("-i", "--source", default="sft", choices=tuple(STAGE_DIRS), help="which stage's checkpoint to load (default: sft)")
     p.add_argument("-g", "--model-tag", "--model_tag", dest="model_tag", default=None, help="model tag, e.g. d20 (default: the largest)")
     p.add_argument("-s", "--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("-p", "--prompt", default="", help="answer this one prompt, print the reply and exit")
@@ -182,11 +147,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import jax
-
-    from nanochat_jax.checkpoint import CheckpointNotFoundError, load_model, stage_dir
-
-    dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
+    dtype = args.dtype or default_compute_dtype()
     try:
         model, tokenizer, _ = load_model(args.source, model_tag=args.model_tag, step=args.step, compute_dtype=dtype)
     except (CheckpointNotFoundError, FileNotFoundError) as e:

@@ -1,63 +1,18 @@
 """Inference engine: a fixed-shape KV cache, compiled prefill and compiled decode chunks.
 
-nanochat's ``Engine`` runs one PyTorch forward per token from a Python loop
-and grows its cache on demand. Under JAX that pattern recompiles for every new
-shape and pays a host round trip per token, so this engine is organised
-around shapes that never change during a generation:
-
-* **KV cache** ``k, v: (n_layer, B, T_max, n_kv_head, head_dim)`` in the
-  model's compute dtype, plus ``pos`` (positions written so far, shared by all
-  rows: every row advances one token per step, forced or sampled). ``T_max``
-  is rounded up to a bucket (4 sizes per octave, see :func:`bucket`), so
-  every prompt/max_tokens pair that lands in the same bucket reuses the same
-  compiled programs.
-* **Prefill** (compiled per prompt bucket): the prompt, padded to its bucket,
-  runs through the model with ordinary causal attention (exactly the
-  training kernel; the padding sits after the prompt so no real query sees
-  it), writes K/V at positions ``0..P_b-1`` and returns the logits at the last
-  real position. The batch-1 cache is then replicated into ``num_samples``
-  rows (nanochat's ``KVCache.prefill``). Garbage K/V written by the padding
-  lives at positions ``>= P``; decoding overwrites each one before any query
-  can see it, since a query at position p only attends keys ``<= p``.
-* **Decode chunk** (compiled once per (B, T_max, chunk, top-k width)): a
-  ``lax.while_loop`` of up to ``chunk`` steps. Each step picks the next token
-  per row -- a forced token if the row's queue has one, else a sample from the
-  carried logits -- records it, then runs the model on it (a query at
-  ``pos`` over all ``T_max`` cached keys with an explicit ``(1, T_max)``
-  position mask) to get the next logits. The loop leaves early when every row
-  has finished or when a live row has just emitted ``<|python_end|>``: the
-  host must then run the calculator and queue the forced reply before the
-  next token is chosen. So the host works once per chunk (streaming, tool
-  calls, stop checks), never per token.
-
-Tool use. The host mirrors nanochat's ``RowState`` per row: tokens between
-``<|python_start|>`` and ``<|python_end|>`` are collected, decoded and passed
-to :func:`nanochat_jax.calculator.evaluate`; a non-None result becomes the
-forced sequence ``<|output_start|> str(result) <|output_end|>``. The forced
-tokens travel to the device as a per-row queue ``(B, F)`` with lengths and
-read positions, and the compiled loop consumes them (mask 0) before sampling
-resumes. A result longer than the queue (``F - 2`` tokens) is dropped, as if
-the calculator had refused; the calculator's own bounds keep real results
-far below that.
-
-Sampling. Step ``s`` of a generation (counted from the first generated
-token) draws from ``fold_in(PRNGKey(seed), s)``, one key for the whole batch,
-with independent noise per row -- so output depends only on the seed, not on
-where chunk boundaries fall, and the first token is already independent per
-row. ``temperature == 0`` is argmax; ``top_k`` restricts to the k largest
-logits (nanochat's ``sample_next_token``). Temperature and k are runtime
-values; only the width of the top-k selection (a power of two >= 64) is
-baked into the compiled program.
-
-Finished rows (``<|assistant_end|>`` or ``<|bos|>``) keep running, as in
-nanochat; :meth:`Engine.generate` still yields their tokens and
-:meth:`Engine.generate_batch` ignores them. The calculator is not run for a
-finished row.
+nanochat runs one forward per token from Python and grows its cache; under JAX
+that recompiles per shape and pays a host round trip per token. Here shapes
+never change during a generation: the cache ``(n_layer, B, T_max, n_kv_head,
+head_dim)`` is allocated once, prompts and ``T_max`` are rounded up to buckets
+(:func:`bucket`) so nearby lengths share programs, and decoding runs in chunks
+(one ``lax.while_loop``) that return to the host only to stream, to stop, or to
+run the calculator after ``<|python_end|>``; its reply is fed back through a
+per-row forced-token queue. Step ``s`` samples with ``fold_in(PRNGKey(seed), s)``,
+so output depends on the seed alone, not on where chunks end.
 """
 
 from __future__ import annotations
 
-import collections
 import functools
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
@@ -75,10 +30,6 @@ FORCED_QUEUE = 128  # F: longest forced sequence (<|output_start|> ... <|output_
 MIN_CACHE_BUCKET = 64
 MIN_PROMPT_BUCKET = 16
 MIN_TOPK_BUCKET = 64
-
-# How many times each compiled function has been traced (= compiled) in this
-# process; the Python body of a jitted function only runs on a cache miss.
-TRACE_COUNTS: collections.Counter = collections.Counter()
 
 
 class KVCache(NamedTuple):
@@ -192,18 +143,6 @@ def forward_cached(model: GPT, idx: jax.Array, cache: KVCache) -> tuple[jax.Arra
     return model.logits_from_hidden(x), cache
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))
-def _forward_cached_jit(graphdef, state, idx, cache):
-    TRACE_COUNTS["forward_cached"] += 1
-    return forward_cached(nnx.merge(graphdef, state), idx, cache)
-
-
-def cached_forward(model: GPT, idx, cache: KVCache) -> tuple[jax.Array, KVCache]:
-    """Compiled :func:`forward_cached` for an NNX model (the cache is donated)."""
-    graphdef, state = nnx.split(model)
-    return _forward_cached_jit(graphdef, state, jnp.asarray(idx, jnp.int32), cache)
-
-
 # --------------------------------------------------------------------------- sampling
 
 
@@ -240,7 +179,6 @@ def top_k_width(top_k: int | None, vocab_size: int) -> int | None:
 @functools.partial(jax.jit, static_argnames=("graphdef", "t_max", "num_samples"))
 def _prefill_jit(graphdef, state, tokens, length, *, t_max, num_samples):
     """Batch-1 prefill of ``tokens (1, P_b)`` (real length ``length``), replicated to ``num_samples`` rows."""
-    TRACE_COUNTS["prefill"] += 1
     model = nnx.merge(graphdef, state)
     cache = init_cache(model.config, 1, t_max)
     x, cache = _run_layers(model, model.embed(tokens), cache, fresh=True)
@@ -254,13 +192,15 @@ def _prefill_jit(graphdef, state, tokens, length, *, t_max, num_samples):
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "chunk", "k_max"), donate_argnames=("dstate",))
 def _decode_jit(graphdef, state, dstate, queue, q_len, q_pos, key, step0, n_steps, temperature, top_k, special, *, chunk, k_max):
-    """Up to ``n_steps <= chunk`` decode steps; see the module docstring for the per-step rule.
+    """Up to ``n_steps <= chunk`` decode steps: each takes the row's forced token if it has one, else samples.
+
+    The loop ends early once every row is done or a live row emitted
+    ``<|python_end|>`` (the host must run the calculator first).
 
     ``special`` = [assistant_end, bos, python_end] ids (traced, so a
     benchmark can pass -1 to disable stopping without recompiling).
     Returns (new DecodeState, q_pos, tokens (B, chunk), masks (B, chunk), steps run).
     """
-    TRACE_COUNTS["decode"] += 1
     model = nnx.merge(graphdef, state)
     B = dstate.logits.shape[0]
     end_id, bos_id, py_end_id = special[0], special[1], special[2]
@@ -293,7 +233,6 @@ def _decode_jit(graphdef, state, dstate, queue, q_len, q_pos, key, step0, n_step
 
 @functools.partial(jax.jit, static_argnames=("dtype",))
 def _cast_params(state, dtype):
-    TRACE_COUNTS["cast"] += 1
     return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, state)
 
 

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import copy
 import hashlib
 import json
 import numbers
 import os
 import pickle
+import sys
 import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -367,22 +367,16 @@ class Tokenizer:
         return ids[:max_tokens], mask[:max_tokens]
 
     def render_for_completion(self, conversation: dict) -> list[int]:
-        """Prompt the model for the next assistant turn (RL, generative evals).
+        """Prompt tokens for the next assistant turn: the conversation as SFT renders it, then `<|assistant_start|>`.
 
-        The final assistant message (the reference answer) is dropped and
-        `<|assistant_start|>` appended so sampling begins the reply.
+        The one chat-prompt builder (CLI, server, RL, evals). A final assistant
+        message (a task's reference answer, as nanochat passes it) is left out.
         """
-        if not isinstance(conversation, dict) or not isinstance(conversation.get("messages"), list) or not conversation["messages"]:
-            raise ValueError("conversation must be a dict with a non-empty 'messages' list")
-        conversation = copy.deepcopy(conversation)
-        messages = conversation["messages"]
-        last = messages[-1]
-        if not isinstance(last, dict) or last.get("role") != "assistant":
-            raise ValueError("render_for_completion needs a conversation whose last message is from the assistant")
-        messages.pop()
-        ids, _ = self.render_conversation(conversation)
-        ids.append(self.encode_special("<|assistant_start|>"))
-        return ids
+        messages = conversation.get("messages") if isinstance(conversation, dict) else None
+        if isinstance(messages, list) and messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
+            messages = messages[:-1]
+        ids, _ = self.render_conversation({"messages": messages}, max_tokens=sys.maxsize)
+        return ids + [self.encode_special("<|assistant_start|>")]
 
     # ---------------------------------------------------------------- storage
     def save(self, directory: str | Path) -> Path:

@@ -14,7 +14,6 @@ import time
 
 import pytest
 
-from nanochat_jax import calculator
 from nanochat_jax.calculator import evaluate
 
 
@@ -152,7 +151,3 @@ def test_malicious_inputs_are_refused_and_not_executed(payload, tmp_path, no_dyn
     expr = payload.format(p=target)
     assert evaluate(expr) is None
     assert not target.exists()
-
-
-def test_nanochat_alias():
-    assert calculator.use_calculator is calculator.evaluate

@@ -1,5 +1,5 @@
-"""Chat CLI: scripted sessions against an independent greedy reference, UTF-8-safe streaming,
-a one-shot prompt from a real checkpoint, and the error when no checkpoint exists."""
+"""Chat CLI: scripted sessions against an independent greedy reference, a one-shot prompt from a
+real checkpoint, and the error when no checkpoint exists (streaming itself: test_streaming.py)."""
 
 from __future__ import annotations
 
@@ -97,27 +97,6 @@ def test_end_of_input_leaves(tok, model):
     conv = chat.run_chat(model, tok, temperature=0.0, max_tokens=3, stdin=io.StringIO("hi"), stdout=out)
     assert conv[-1] == tok.encode_special("<|assistant_end|>")
     assert out.getvalue().rstrip().endswith("Goodbye!")
-
-
-def test_stream_printer_never_splits_characters(tok):
-    text = "naïve € 😀 ok"
-    raw = text.encode("utf-8")
-    assert tok.decode([raw[0]]) == "n" and tok.decode(list("é".encode())) == "é"  # ids 0..255 are the bytes
-    writes = []
-
-    class Recorder(io.StringIO):
-        def write(self, s):
-            writes.append(s)
-            return super().write(s)
-
-    out = Recorder()
-    printer = chat.StreamPrinter(tok, out)
-    for b in raw:  # one byte per token: multi-byte characters span 2-4 tokens
-        printer.add(b)
-    printer.finish()
-    assert out.getvalue() == text
-    assert all("\ufffd" not in w for w in writes)
-    assert "😀" in writes  # the 4-byte emoji came out whole, in one piece
 
 
 def test_one_shot_prompt_from_checkpoint(tok, model, tmp_path, monkeypatch, capsys):

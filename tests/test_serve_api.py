@@ -1,4 +1,4 @@
-"""HTTP API of the chat server (nanochat_jax.serve), on a real Engine and a tiny random model.
+"""HTTP API of the chat server (nanochat_jax.serve_app), on a real Engine and a tiny random model.
 
 What matters for a public-facing endpoint: every malformed or abusive request
 is refused with a 400 and a readable reason, none of them takes the server
@@ -7,7 +7,7 @@ Server-Sent Events in nanochat's wire format (``data: {"token", "gpu"}`` ...
 ``data: {"done": true}``).
 
 The model is nanochat's GPT at toy size with random weights (see
-``serve.demo_model_and_tokenizer``) so the test needs no checkpoint; prompts
+``nanochat_jax.demo``) so the test needs no checkpoint; prompts
 stay short and ``max_tokens`` small so every request reuses one compiled
 prefill/decode bucket and the module runs in seconds after the first compile.
 """
@@ -22,7 +22,11 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from nanochat_jax import serve
+from nanochat_jax.demo import demo_model_and_tokenizer
+from nanochat_jax.serve_app import create_app
+from nanochat_jax.serve_request import MAX_BODY_BYTES
+from nanochat_jax.serve_workers import Worker, WorkerPool, build_workers
+from serve_helpers import BackgroundServer
 
 MAX_TOKENS = 12  # server default in these tests: prompt + reply fit the smallest cache bucket
 
@@ -44,13 +48,13 @@ def hi(**extra) -> dict:
 
 @pytest.fixture(scope="module")
 def demo():
-    return serve.demo_model_and_tokenizer(vocab_size=300, sequence_len=128, seed=0)
+    return demo_model_and_tokenizer(vocab_size=300, sequence_len=128, seed=0)
 
 
 @pytest.fixture(scope="module")
 def client(demo):
     model, tokenizer = demo
-    app = serve.create_app(model, tokenizer, temperature=0.8, top_k=50, max_tokens=MAX_TOKENS)
+    app = create_app(build_workers(model, tokenizer), tokenizer, temperature=0.8, top_k=50, max_tokens=MAX_TOKENS)
     with TestClient(app) as c:
         yield c
 
@@ -131,7 +135,7 @@ def test_malformed_json_is_400(client, raw):
 
 
 def test_oversized_body_is_refused_before_parsing(client):
-    r = post_chat(client, content=b'{"messages": "' + b"a" * (serve.MAX_BODY_BYTES + 10) + b'"}')
+    r = post_chat(client, content=b'{"messages": "' + b"a" * (MAX_BODY_BYTES + 10) + b'"}')
     assert r.status_code == 413
     assert "too large" in r.json()["detail"]
 
@@ -178,52 +182,6 @@ def test_seed_makes_replies_reproducible(client):
     assert len(texts) > 1, "different seeds should give different replies on a random model"
 
 
-def test_prompt_uses_the_chat_format(demo):
-    _, tok = demo
-    sp = tok.encode_special
-    ids = serve.render_chat_prompt(
-        tok, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}, {"role": "user", "content": "ok"}]
-    )
-    expected = (
-        [tok.get_bos_token_id(), sp("<|user_start|>"), *tok.encode("hi"), sp("<|user_end|>")]
-        + [sp("<|assistant_start|>"), *tok.encode("yo"), sp("<|assistant_end|>")]
-        + [sp("<|user_start|>"), *tok.encode("ok"), sp("<|user_end|>"), sp("<|assistant_start|>")]
-    )
-    assert ids == expected
-
-
-def test_stream_text_is_utf8_safe_and_stops_on_stop_tokens(demo):
-    _, tok = demo
-    text = "héllo 🙂 wörld"
-    # Encode byte by byte so multi-byte characters are split across tokens.
-    byte_ids = [tok.enc.encode_single_token(bytes([b])) for b in text.encode("utf-8")]
-    pieces = [p for p, _ in serve.stream_text(tok, byte_ids, stop_ids=[])]
-    assert "".join(pieces) == text
-    assert all(serve.REPLACEMENT_CHAR not in p for p in pieces)
-    end = tok.encode_special("<|assistant_end|>")
-    cut = [p for p, _ in serve.stream_text(tok, byte_ids[:3] + [end] + byte_ids[3:], stop_ids=[end])]
-    assert "".join(cut) == "hé"
-    # A truncated character at the very end is flushed (as U+FFFD) rather than silently dropped.
-    tail = [p for p, _ in serve.stream_text(tok, byte_ids[:2], stop_ids=[])]
-    assert "".join(tail) == "h" + serve.REPLACEMENT_CHAR
-
-
-def test_stream_text_pieces_always_add_up_to_the_full_decode(demo):
-    """Incremental decoding must never change the text: random byte soup included."""
-    import random
-
-    _, tok = demo
-    rng = random.Random(0)
-    specials = {tok.encode_special(s) for s in tok.get_special_tokens()}
-    ordinary = [i for i in range(tok.get_vocab_size()) if i not in specials]
-    for _ in range(200):
-        ids = [rng.choice(ordinary) for _ in range(rng.randint(1, 40))]
-        pieces = list(serve.stream_text(tok, ids, stop_ids=specials))
-        assert "".join(p for p, _ in pieces) == tok.decode(ids)
-        assert pieces[-1][1] == len(ids)
-        assert all(p and not p.endswith(serve.REPLACEMENT_CHAR) for p, _ in pieces[:-1])
-
-
 # --------------------------------------------------------------------------- health, stats, pages
 
 
@@ -263,8 +221,8 @@ def test_unknown_route_and_wrong_method(client):
 
 def test_worker_pool_hands_out_each_worker_once():
     """Pool mechanics alone (no model): a third request waits until a worker comes back."""
-    workers = [serve.Worker(id=i, device=None, engine=None) for i in range(2)]
-    pool = serve.WorkerPool(workers)
+    workers = [Worker(id=i, device=None, engine=None) for i in range(2)]
+    pool = WorkerPool(workers)
 
     async def scenario():
         a = await pool.acquire()
@@ -292,9 +250,9 @@ def test_two_workers_and_client_disconnect(demo):
     model, tokenizer = demo
     dev = jax.local_devices()[0]
     # Both replicas on one device share compiled programs, keeping the test fast; the pool logic is the same.
-    workers = serve.build_workers(model, tokenizer, [dev, dev])
-    app = serve.create_app(workers, tokenizer, max_tokens=MAX_TOKENS)
-    with serve.BackgroundServer(app) as url, httpx.Client(base_url=url, timeout=120) as http:
+    workers = build_workers(model, tokenizer, [dev, dev])
+    app = create_app(workers, tokenizer, max_tokens=MAX_TOKENS)
+    with BackgroundServer(app) as url, httpx.Client(base_url=url, timeout=120) as http:
         assert http.get("/health").json()["num_workers"] == 2
 
         async def both():
@@ -321,7 +279,7 @@ def test_two_workers_and_client_disconnect(demo):
         assert text
 
     # The same app can be stopped and served again (fresh worker queue and thread pool).
-    with serve.BackgroundServer(app) as url, httpx.Client(base_url=url, timeout=120) as http:
+    with BackgroundServer(app) as url, httpx.Client(base_url=url, timeout=120) as http:
         _, text = assert_streams_http(http)
         assert text and http.get("/stats").json()["available_workers"] == 2
 

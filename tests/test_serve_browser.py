@@ -22,7 +22,10 @@ import shutil
 
 import pytest
 
-from nanochat_jax import serve
+from nanochat_jax.demo import demo_model_and_tokenizer
+from nanochat_jax.serve_app import create_app
+from nanochat_jax.serve_workers import build_workers
+from serve_helpers import BackgroundServer
 
 CHROMIUM = os.environ.get("NANOCHAT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOT = os.environ.get("NANOCHAT_UI_SCREENSHOT", "/tmp/nanochat_ui.png")
@@ -58,9 +61,9 @@ def sse_tokens(body: str) -> tuple[list[str], bool]:
 
 @pytest.fixture(scope="module")
 def server_url():
-    model, tokenizer = serve.demo_model_and_tokenizer(vocab_size=300, sequence_len=128, seed=0)
-    app = serve.create_app(model, tokenizer, max_tokens=24, model_info={"source": "test (random weights)"})
-    with serve.BackgroundServer(app) as url:
+    model, tokenizer = demo_model_and_tokenizer(vocab_size=300, sequence_len=128, seed=0)
+    app = create_app(build_workers(model, tokenizer), tokenizer, max_tokens=24, model_info={"source": "test (random weights)"})
+    with BackgroundServer(app) as url:
         yield url
 
 

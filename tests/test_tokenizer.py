@@ -355,9 +355,11 @@ def test_render_for_completion():
     ids = tok.render_for_completion(CONVERSATION)
     prompt_ids, _ = expected_render(CONVERSATION_SEGMENTS[:-3])  # everything before the last assistant turn
     assert ids == prompt_ids + [VOCAB - 9 + REFERENCE_SPECIALS.index("<|assistant_start|>")]
-    assert len(CONVERSATION["messages"]) == 5  # deep copy: input untouched
-    with pytest.raises(ValueError, match="last message is from the assistant"):
-        tok.render_for_completion({"messages": [{"role": "user", "content": "hi"}]})
+    assert len(CONVERSATION["messages"]) == 5  # input untouched
+    # A live chat ends with the user's turn: the same prompt, with nothing dropped.
+    assert tok.render_for_completion({"messages": CONVERSATION["messages"][:-1]}) == ids
+    with pytest.raises(ValueError, match="expected 'user'"):
+        tok.render_for_completion({"messages": [{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}]})
 
 
 # ------------------------------------------------------------------ storage
