@@ -1,6 +1,6 @@
 """Benchmark the pretraining dataloader's throughput (tokens/s) on local shards.
 
-    python bench/dataloader.py [--data_dir sample] [--B 32] [--T 2048] [--steps 40]
+    python -m bench.dataloader [--data_dir sample] [--B 32] [--T 2048] [--steps 40]
                                [--modes stream bestfit] [--tokenizer_threads 4]
                                [--tokenizer_batch_size 128] [--buffer_size 1000] [--prefetch 2]
                                [--vocab_size 4096] [--tokenizer_dir DIR]
@@ -23,18 +23,19 @@ from __future__ import annotations
 
 import argparse
 import gc
+import inspect
 import os
 import platform
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import add_data_flags, load_tokenizer
+from nanochat_jax.dataloader import build_pretrain_loader
+from nanochat_jax.dataset import parquet_files_for_split, resolve_data_dir
+from nanochat_jax.tokenizer import Tokenizer
+from train.tokenizer import iter_train_texts
 
-from nanochat_jax.dataloader import build_pretrain_loader  # noqa: E402
-from nanochat_jax.dataset import parquet_files_for_split, resolve_data_dir  # noqa: E402
-from nanochat_jax.tokenizer import Tokenizer  # noqa: E402
-from train.tokenizer import iter_train_texts  # noqa: E402
+KNOBS = ("tokenizer_threads", "tokenizer_batch_size", "buffer_size", "prefetch")  # the loader's, at its defaults
 
 
 def train_texts(data_dir, max_chars: int) -> list[str]:
@@ -43,8 +44,8 @@ def train_texts(data_dir, max_chars: int) -> list[str]:
 
 
 def get_tokenizer(args) -> tuple[Tokenizer, str]:
-    if args.tokenizer_dir:
-        return Tokenizer.from_directory(args.tokenizer_dir), f"loaded from {args.tokenizer_dir}"
+    if args.tokenizer_dir is not None:
+        return load_tokenizer(args.tokenizer_dir), f"loaded from {args.tokenizer_dir or 'tokenizer/'}"
     t0 = time.perf_counter()
     tok = Tokenizer.train_from_iterator(train_texts(args.data_dir, args.train_chars), vocab_size=args.vocab_size)
     return tok, f"trained (rustbpe) on {args.train_chars:,} chars in {time.perf_counter() - t0:.1f}s"
@@ -54,8 +55,7 @@ def bench_mode(tok, args, mode: str) -> dict:
     t0 = time.perf_counter()
     loader = build_pretrain_loader(
         tok, args.data_dir, "train", args.B, args.T, mode=mode, process_index=0, process_count=1,
-        tokenizer_threads=args.tokenizer_threads, tokenizer_batch_size=args.tokenizer_batch_size,
-        buffer_size=args.buffer_size, prefetch=args.prefetch,
+        **{k: getattr(args, k) for k in KNOBS},
     )
     next(loader)
     first = time.perf_counter() - t0
@@ -85,19 +85,17 @@ def bench_encode(tok, args) -> tuple[float, float]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data_dir", default="sample", help='"sample" (embedded corpus), a directory, or "" for base_data')
+    add_data_flags(p, data_dir="sample", tokenizer_dir=None)  # no --tokenizer_dir: train one on the data
     p.add_argument("--B", type=int, default=32)
     p.add_argument("--T", type=int, default=2048)
     p.add_argument("--steps", type=int, default=40, help="timed batches per mode")
     p.add_argument("--warmup", type=int, default=3, help="untimed batches first (≥ 1)")
     p.add_argument("--modes", nargs="+", default=["stream", "bestfit"], choices=["stream", "bestfit"])
-    p.add_argument("--tokenizer_threads", type=int, default=4)
-    p.add_argument("--tokenizer_batch_size", type=int, default=128)
-    p.add_argument("--buffer_size", type=int, default=1000)
-    p.add_argument("--prefetch", type=int, default=2)
+    defaults = inspect.signature(build_pretrain_loader).parameters
+    for knob in KNOBS:
+        p.add_argument(f"--{knob}", type=int, default=defaults[knob].default)
     p.add_argument("--vocab_size", type=int, default=4096)
     p.add_argument("--train_chars", type=int, default=2_000_000)
-    p.add_argument("--tokenizer_dir", default=None)
     args = p.parse_args(argv)
     args.warmup = max(1, args.warmup)
 

@@ -1,8 +1,8 @@
 """Benchmark inference with the real Engine programs: prefill latency, decode speed, memory bandwidth.
 
-    python bench/decode.py --depth 20 --prompt_tokens 2048 --decode_tokens 256          # GPU, random d20
-    python bench/decode.py --source sft --decode_tokens 256                             # a trained checkpoint
-    python bench/decode.py --depth 2 --vocab_size 512 --seq_len 128 --prompt_tokens 64 \\
+    python -m bench.decode --depth 20 --prompt_tokens 2048 --decode_tokens 256          # GPU, random d20
+    python -m bench.decode --source sft --decode_tokens 256                             # a trained checkpoint
+    python -m bench.decode --depth 2 --vocab_size 512 --seq_len 128 --prompt_tokens 64 \\
         --decode_tokens 64 --batch_sizes 1,8                                            # CPU smoke
 
 For each batch size it times (medians over --repeats, every call synchronised):
@@ -27,10 +27,13 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
+from bench.common import add_model_flags, resolve_dtype
 from nanochat_jax import hardware
+from nanochat_jax.checkpoint import STAGE_DIRS, load_model
 from nanochat_jax.engine import FORCED_QUEUE, Engine
-from nanochat_jax.gpt import GPTConfig
+from nanochat_jax.gpt import GPT, GPTConfig
 
 
 class _SyntheticTokenizer:
@@ -60,17 +63,13 @@ class _SyntheticTokenizer:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--depth", type=int, default=20)
-    p.add_argument("--vocab_size", type=int, default=65536)
-    p.add_argument("--seq_len", type=int, default=2048)
-    p.add_argument("--source", default=None, choices=["base", "mid", "sft", "rl"], help="benchmark a checkpoint instead of a random model")
+    add_model_flags(p)
+    p.add_argument("--source", default=None, choices=tuple(STAGE_DIRS), help="benchmark a checkpoint instead of a random model")
     p.add_argument("--model_tag", default=None)
     p.add_argument("--step", type=int, default=None)
     p.add_argument("--prompt_tokens", type=int, default=512)
     p.add_argument("--decode_tokens", type=int, default=256)
     p.add_argument("--batch_sizes", default="1,8,32")
-    p.add_argument("--compute_dtype", default="auto", help="auto = bfloat16 on GPU/TPU, float32 on CPU")
-    p.add_argument("--scan_layers", action="store_true")
     p.add_argument("--chunk", type=int, default=32, help="decode steps per compiled call")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top_k", type=int, default=0)
@@ -79,16 +78,10 @@ def parse_args(argv=None):
 
 
 def build(args):
-    dtype = hardware.default_compute_dtype() if args.compute_dtype == "auto" else args.compute_dtype
+    dtype = resolve_dtype(args.compute_dtype)
     if args.source:
-        from nanochat_jax.checkpoint import load_model
-
         model, tokenizer, _ = load_model(args.source, args.model_tag, args.step, compute_dtype=dtype, scan_layers=args.scan_layers)
         return model, tokenizer, f"{args.source} checkpoint"
-    from flax import nnx
-
-    from nanochat_jax.gpt import GPT
-
     config = GPTConfig.from_depth(
         args.depth, vocab_size=args.vocab_size, sequence_len=args.seq_len, compute_dtype=dtype, scan_layers=args.scan_layers
     )

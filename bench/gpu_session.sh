@@ -7,14 +7,14 @@
 #   STAGES="d20 trend" bash bench/gpu_session.sh        # choose stages (default: all, in this order)
 #
 # Stages (each one line of the results; times are rough for one H100/H200, compile included):
-#   d20        bench/mfu.py d20, seq 2048, device batch 32, JAX vs the PyTorch baseline     (~4-5 min)
+#   d20        bench.mfu d20, seq 2048, device batch 32, JAX vs the PyTorch baseline        (~4-5 min)
 #   trend      JAX d12, batch 1, 20 steps in bf16 against bench/trend_d12_cpu_fp32.json     (~1 min)
 #   d20_chunk  JAX d20 with ce_chunk_size 256 (chunked softcap + cross-entropy)             (~2 min)
-#   decode     bench/decode.py random d20, batch 1 and 32                                   (~2 min)
-#   d12, d26   bench/mfu.py rows for the other depths (d26 at device batch 16)              (~3 / ~5 min)
+#   decode     bench.decode random d20, batch 1 and 32                                      (~2 min)
+#   d12, d26   bench.mfu rows for the other depths (d26 at device batch 16)                 (~3 / ~5 min)
 #
 # Output in $OUT (default runs/gpu_session): session.log (versions, GPU, every stage's output) and one
-# JSON per bench/mfu.py stage; at most 8 files, as the device tool brings back.
+# JSON per bench.mfu stage; at most 8 files, as the device tool brings back.
 #
 # The GPU machine has no grain, tensorboardX, rustbpe or ml_collections; the benchmarks do not import
 # them. Wheels in .whl/ (see packages.md) are installed first when present, for anything else.
@@ -58,15 +58,15 @@ EOF
 
 for s in ${STAGES:-d20 trend d20_chunk decode d12 d26}; do
   case $s in
-    d20) stage d20 python3 bench/mfu.py --depth 20 --device_batch_size 32 --steps 10 --warmup 2 --json "$OUT/d20.json" ;;
+    d20) stage d20 python3 -m bench.mfu --depth 20 --device_batch_size 32 --steps 10 --warmup 2 --json "$OUT/d20.json" ;;
     trend)
-      stage trend python3 bench/mfu.py --depth 12 --device_batch_size 1 --frameworks jax --steps 18 --warmup 2 --json "$OUT/trend.json"
+      stage trend python3 -m bench.mfu --depth 12 --device_batch_size 1 --frameworks jax --steps 18 --warmup 2 --json "$OUT/trend.json"
       compare_trend ;;
-    d20_chunk) stage d20_chunk python3 bench/mfu.py --depth 20 --device_batch_size 32 --frameworks jax --ce_chunk_size 256 \
+    d20_chunk) stage d20_chunk python3 -m bench.mfu --depth 20 --device_batch_size 32 --frameworks jax --ce_chunk_size 256 \
                  --steps 10 --warmup 2 --json "$OUT/d20_chunk.json" ;;
-    decode) stage decode python3 bench/decode.py --depth 20 --prompt_tokens 512 --decode_tokens 128 --batch_sizes 1,32 ;;
-    d12) stage d12 python3 bench/mfu.py --depth 12 --device_batch_size 32 --steps 10 --warmup 2 --json "$OUT/d12.json" ;;
-    d26) stage d26 python3 bench/mfu.py --depth 26 --device_batch_size 16 --grad_accum 2 --steps 6 --warmup 2 --json "$OUT/d26.json" ;;
+    decode) stage decode python3 -m bench.decode --depth 20 --prompt_tokens 512 --decode_tokens 128 --batch_sizes 1,32 ;;
+    d12) stage d12 python3 -m bench.mfu --depth 12 --device_batch_size 32 --steps 10 --warmup 2 --json "$OUT/d12.json" ;;
+    d26) stage d26 python3 -m bench.mfu --depth 26 --device_batch_size 16 --grad_accum 2 --steps 6 --warmup 2 --json "$OUT/d26.json" ;;
     *) echo "unknown stage $s (known: d20 trend d20_chunk decode d12 d26)" | tee -a "$LOG" ;;
   esac
 done

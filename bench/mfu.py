@@ -1,21 +1,21 @@
 """JAX vs PyTorch training-step throughput and MFU on one device, in one command.
 
-    python bench/mfu.py --depth 20 --seq_len 2048 --device_batch_size 32            # one H100: d20 as nanochat trains it
-    python bench/mfu.py --depth 20 --remat dots --scan_layers --json runs/mfu.json  # a JAX variant, results saved
-    python bench/mfu.py --depth 20 --nanochat ~/nanochat                            # against a nanochat checkout
-    python bench/mfu.py --depth 1 --vocab_size 256 --seq_len 64 --device_batch_size 2 --steps 2   # CPU smoke
+    python -m bench.mfu --depth 20 --seq_len 2048 --device_batch_size 32            # one H100: d20 as nanochat trains it
+    python -m bench.mfu --depth 20 --remat dots --scan_layers --json runs/mfu.json  # a JAX variant, results saved
+    python -m bench.mfu --depth 20 --nanochat ~/nanochat                            # against a nanochat checkout
+    python -m bench.mfu --depth 1 --vocab_size 256 --seq_len 64 --device_batch_size 2 --steps 2   # CPU smoke
 
 Why one command: the question "is the JAX port as fast as nanochat?" is only
 answered by both frameworks training the same model, with the same optimizer,
 on the same device, the same tokens and the same clock. Each framework runs in
-its own subprocess (``--worker jax|torch``, which prints one JSON line), so
+its own subprocess (this command plus ``--worker jax|torch``, printing one JSON line), so
 neither framework's GPU memory pool (XLA preallocates, PyTorch caches) can
 starve or flatter the other, and each gets its own tuned environment.
 
-- JAX side: the project's real train step (``bench/step.py``'s
-  ``benchmark``, i.e. ``train_step.make_train_step`` as ``train.pretrain``
-  compiles it: Muon + AdamW, grad clip 1.0, donation, sharding).
-- PyTorch side: ``bench/torch_nanochat.py`` (nanochat's model and optimizers,
+- JAX side: the project's real train step (``bench.step.benchmark``, i.e.
+  ``train_step.make_train_step`` as ``train.pretrain`` compiles it: Muon +
+  AdamW, grad clip 1.0, donation, sharding).
+- PyTorch side: ``bench.torch_nanochat`` (nanochat's model and optimizers,
   bf16 autocast, torch.compile, SDPA flash, fused AdamW), or with
   ``--nanochat PATH`` the user's own nanochat checkout driven the way
   classic ``base_train`` drives it.
@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import importlib.metadata
-import importlib.util
 import json
 import os
 import re
@@ -54,8 +53,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
+from bench.common import add_model_flags, add_step_flags
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 FRAMEWORKS = ("jax", "torch")
 JAX_GPU_ENV = {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.92", "JAX_OPTIMIZATION_LEVEL": "O1"}
@@ -70,27 +70,12 @@ RESULT_KEY = "framework"
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--depth", type=int, default=20)
-    p.add_argument("--seq_len", type=int, default=2048)
-    p.add_argument("--device_batch_size", type=int, default=32)
-    p.add_argument("--vocab_size", type=int, default=65536)
-    p.add_argument("--grad_accum", type=int, default=1, help="micro-batches per optimizer step (both frameworks)")
-    p.add_argument("--steps", type=int, default=20, help="timed steps (median reported)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
+    add_model_flags(p)
+    add_step_flags(p, steps=20, warmup=3)  # the step, data and accumulation flags mean the same for both frameworks
     p.add_argument("--frameworks", default="jax,torch", help="comma list from: jax, torch")
     p.add_argument("--nanochat", default=None, metavar="PATH",
-                   help="time this nanochat checkout (dir holding nanochat/gpt.py) instead of bench/torch_nanochat.py")
-    # JAX execution switches (same meaning as bench/step.py / the pretrain config).
-    p.add_argument("--remat", default="none", choices=["none", "dots", "full"])
-    p.add_argument("--scan_layers", action="store_true")
-    p.add_argument("--ce_chunk_size", type=int, default=0, help="JAX: loss over sequence chunks (0 = off)")
-    p.add_argument("--attention_impl", default="auto", choices=["auto", "xla", "cudnn"])
-    p.add_argument("--compute_dtype", default="auto", help="JAX: auto = bfloat16 on GPU, float32 on CPU")
-    p.add_argument("--no_shard_muon", action="store_true")
+                   help="time this nanochat checkout (dir holding nanochat/gpt.py) instead of bench.torch_nanochat")
     p.add_argument("--no_xla_flags", action="store_true", help="drop the JAX GPU env/flag defaults (see above)")
-    p.add_argument("--data_dir", default=None, help='JAX side on real data through the project loader ("sample", "" = base_data/, a path)')
-    p.add_argument("--tokenizer_dir", default="", help="with --data_dir: the tokenizer, as bench/step.py takes it")
-    p.add_argument("--loader_mode", default="stream", choices=["stream", "bestfit"])
     # PyTorch switches.
     p.add_argument("--torch_compile", default="auto", choices=["auto", "on", "off"], help="auto = on for CUDA, off on CPU")
     p.add_argument("--torch_threads", type=int, default=0,
@@ -102,6 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", default=None, metavar="OUT", help="also write the results as JSON")
     p.add_argument("--worker", choices=FRAMEWORKS, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what the workers are started with
     args.framework_list = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     bad = [f for f in args.framework_list if f not in FRAMEWORKS]
     if bad or not args.framework_list:
@@ -159,10 +145,16 @@ def _torch_alloc_var() -> str:
     return "PYTORCH_ALLOC_CONF" if (major, minor) >= (2, 10) else "PYTORCH_CUDA_ALLOC_CONF"
 
 
-def worker_env(framework: str, platform: str, *, gpu_index: int = 0, xla_flags: bool = True, base=None) -> dict:
-    """The environment one worker starts with (set before it imports its framework)."""
+def worker_env(framework: str, platform: str, *, gpu_index: int = 0, xla_flags: bool = True, nanochat=None,
+               base=None) -> dict:
+    """The environment one worker starts with (set before it imports its framework).
+
+    PYTHONPATH gets this repository (``bench``, ``nanochat_jax``) and, for the torch
+    worker, the ``--nanochat`` checkout, so each is imported as the package it is.
+    """
     env = dict(os.environ if base is None else base)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    roots = [str(REPO_ROOT)] + ([str(Path(nanochat).expanduser().resolve())] if nanochat and framework == "torch" else [])
+    env["PYTHONPATH"] = os.pathsep.join(roots + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     # One device per framework: a forced multi-device CPU host (the test suite sets one) would
     # split JAX's batch over fake devices while torch runs on one.
     flags = FORCED_HOST_DEVICES.sub("", env.get("XLA_FLAGS", "")).split()
@@ -190,29 +182,14 @@ def worker_env(framework: str, platform: str, *, gpu_index: int = 0, xla_flags: 
 # --------------------------------------------------------------------------- workers (child processes)
 
 
-def _load_sibling(name: str):
-    """Import ``bench/<name>.py`` by path (``bench`` is not a package; avoid clashing names)."""
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH_DIR / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def _jax_worker(args) -> dict:
     import jax
 
     if args.platform == "gpu" and jax.default_backend() != "gpu":
         raise RuntimeError(f"asked for a GPU but JAX's backend is {jax.default_backend()!r} (is jax[cuda13] installed?)")
-    step = _load_sibling("step")
-    argv = [
-        "--depth", str(args.depth), "--vocab_size", str(args.vocab_size), "--seq_len", str(args.seq_len),
-        "--device_batch_size", str(args.device_batch_size), "--grad_accum", str(args.grad_accum),
-        "--compute_dtype", args.compute_dtype, "--attention_impl", args.attention_impl, "--remat", args.remat,
-        "--ce_chunk_size", str(args.ce_chunk_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
-    ] + (["--scan_layers"] if args.scan_layers else []) + (["--no_shard_muon"] if args.no_shard_muon else [])
-    argv += real_data_argv(args)
-    result = step.benchmark(step.parse_args(argv))
+    from bench import step
+
+    result = step.benchmark(args)
     import flax
     import jaxlib
     import optax
@@ -229,21 +206,16 @@ def _jax_worker(args) -> dict:
 
 
 def _torch_worker(args) -> dict:
-    tn = _load_sibling("torch_nanochat")
     import torch
+
+    from bench import torch_nanochat as tn
 
     if args.torch_threads > 0:
         torch.set_num_threads(args.torch_threads)
     if args.platform == "gpu" and not torch.cuda.is_available():
         raise RuntimeError(f"asked for a GPU but torch {torch.__version__} sees no CUDA device (CPU-only build?)")
-    result = tn.benchmark(
-        depth=args.depth, vocab_size=args.vocab_size, seq_len=args.seq_len,
-        device_batch_size=args.device_batch_size, grad_accum=args.grad_accum,
-        steps=args.steps, warmup=args.warmup,
-        compile={"auto": None, "on": True, "off": False}[args.torch_compile],
-        device="cuda" if args.platform == "gpu" else "cpu",
-        nanochat=args.nanochat,
-    )
+    result = tn.benchmark(args, device="cuda" if args.platform == "gpu" else "cpu",
+                          compile={"auto": None, "on": True, "off": False}[args.torch_compile])
     result["env"] = {k: os.environ[k] for k in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF") if k in os.environ}
     return result
 
@@ -266,27 +238,9 @@ def run_worker(args) -> int:
 # --------------------------------------------------------------------------- parent
 
 
-def real_data_argv(args) -> list[str]:
-    """``--data_dir`` & co. for the JAX side, when real data was asked for."""
-    if args.data_dir is None:
-        return []
-    return ["--data_dir", args.data_dir, "--tokenizer_dir", args.tokenizer_dir, "--loader_mode", args.loader_mode]
-
-
 def worker_argv(args, framework: str, platform: str) -> list[str]:
-    argv = [
-        sys.executable, str(Path(__file__).resolve()), "--worker", framework, "--platform", platform,
-        "--depth", str(args.depth), "--seq_len", str(args.seq_len), "--device_batch_size", str(args.device_batch_size),
-        "--vocab_size", str(args.vocab_size), "--grad_accum", str(args.grad_accum),
-        "--steps", str(args.steps), "--warmup", str(args.warmup),
-        "--remat", args.remat, "--attention_impl", args.attention_impl, "--compute_dtype", args.compute_dtype,
-        "--ce_chunk_size", str(args.ce_chunk_size),
-        "--torch_compile", args.torch_compile, "--torch_threads", str(args.torch_threads), "--frameworks", framework,
-    ]
-    argv += ["--scan_layers"] if args.scan_layers else []
-    argv += ["--no_shard_muon"] if args.no_shard_muon else []
-    argv += ["--nanochat", str(Path(args.nanochat).expanduser().resolve())] if args.nanochat else []
-    return argv + (real_data_argv(args) if framework == "jax" else [])
+    """This command again, as one framework's worker (same flags, same working directory)."""
+    return [sys.executable, "-m", "bench.mfu", *args.argv, "--worker", framework, "--platform", platform]
 
 
 def parse_worker_output(stdout: str) -> dict | None:
@@ -305,11 +259,11 @@ def parse_worker_output(stdout: str) -> dict | None:
 
 def launch(args, framework: str, platform: str) -> dict:
     label = "nanochat" if (framework == "torch" and args.nanochat) else framework
-    env = worker_env(framework, platform, gpu_index=args.gpu, xla_flags=not args.no_xla_flags)
+    env = worker_env(framework, platform, gpu_index=args.gpu, xla_flags=not args.no_xla_flags, nanochat=args.nanochat)
     print(f"[mfu] running the {label} worker ...", file=sys.stderr, flush=True)
     try:
         proc = subprocess.run(worker_argv(args, framework, platform), env=env, capture_output=True, text=True,
-                              timeout=args.timeout, cwd=str(REPO_ROOT), check=False)
+                              timeout=args.timeout, check=False)
     except subprocess.TimeoutExpired:
         return {"framework": label, "error": f"timed out after {args.timeout:.0f} s"}
     result = parse_worker_output(proc.stdout)
@@ -322,27 +276,17 @@ def launch(args, framework: str, platform: str) -> dict:
     return result
 
 
-def peak_flops_for(device_name: str) -> float | None:
-    """bf16 dense peak of one device from nanochat_jax.hardware's table, by name."""
-    from nanochat_jax.hardware import PEAK_BF16_FLOPS
-
-    name = (device_name or "").lower()
-    for key, value in PEAK_BF16_FLOPS:
-        if key in name:
-            return value
-    return None
-
-
 def add_mfu(results: list[dict], args) -> dict:
     """Attach nanochat-style MFU to every row; returns the shared model facts."""
     from nanochat_jax.gpt import GPTConfig
+    from nanochat_jax.hardware import peak_flops
 
     cfg = GPTConfig.from_depth(args.depth, vocab_size=args.vocab_size, sequence_len=args.seq_len)
     fpt = cfg.flops_per_token()
     for r in results:
         if "error" in r:
             continue
-        peak = peak_flops_for(r.get("device", ""))
+        peak = peak_flops(r.get("device", ""))
         r["peak_flops"] = peak
         r["mfu"] = None if peak is None else r["tokens_per_s"] * fpt / (peak * r.get("num_devices", 1))
         if r.get("params") != cfg.num_params():
@@ -400,7 +344,6 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
         return run_worker(args)
-    sys.path.insert(0, str(REPO_ROOT))
     if args.nanochat and not (Path(args.nanochat).expanduser() / "nanochat" / "gpt.py").is_file():
         print(f"error: --nanochat {args.nanochat}: no nanochat/gpt.py there; pass the root of a nanochat checkout",
               file=sys.stderr)
@@ -412,7 +355,7 @@ def main(argv=None) -> int:
     if args.json:
         out = {
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join([Path(sys.argv[0]).name] + list(sys.argv[1:] if argv is None else argv)),
+            "command": " ".join(["python -m bench.mfu", *args.argv]),
             "platform": platform,
             **facts,
             "jax_over_torch_tokens_per_s": tokens_ratio(results),

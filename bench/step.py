@@ -1,8 +1,8 @@
 """Benchmark the real train step (the one train.pretrain compiles), on synthetic tokens or real data.
 
-    python bench/step.py --depth 20 --device_batch_size 32 --seq_len 2048          # one H100
-    python bench/step.py --depth 2 --vocab_size 512 --seq_len 128 --device_batch_size 4   # CPU smoke
-    python bench/step.py --depth 20 --data_dir sample --tokenizer_dir sample_tokenizer   # + the data loader
+    python -m bench.step --depth 20 --device_batch_size 32 --seq_len 2048          # one H100
+    python -m bench.step --depth 2 --vocab_size 512 --seq_len 128 --device_batch_size 4   # CPU smoke
+    python -m bench.step --depth 20 --data_dir sample --tokenizer_dir sample_tokenizer   # + the data loader
 
 Prints compile time, median step time, tokens/s, MFU (nanochat's FLOPs
 formula and peak table, see nanochat_jax.hardware) and peak device memory.
@@ -28,6 +28,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from bench.common import add_model_flags, add_step_flags, load_tokenizer, resolve_dtype
 from nanochat_jax import hardware, sharding
 from nanochat_jax.gpt import GPT, GPTConfig
 from nanochat_jax.optim import nanochat_optimizer
@@ -36,28 +37,14 @@ from nanochat_jax.train_step import init_train_state, make_train_step
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--depth", type=int, default=20)
-    p.add_argument("--vocab_size", type=int, default=65536)
-    p.add_argument("--seq_len", type=int, default=2048)
-    p.add_argument("--device_batch_size", type=int, default=32)
-    p.add_argument("--grad_accum", type=int, default=1)
-    p.add_argument("--compute_dtype", default="auto", help="auto = bfloat16 on GPU/TPU, float32 on CPU")
-    p.add_argument("--attention_impl", default="auto", choices=["auto", "xla", "cudnn"])
-    p.add_argument("--remat", default="none", choices=["none", "dots", "full"])
-    p.add_argument("--scan_layers", action="store_true")
-    p.add_argument("--ce_chunk_size", type=int, default=0, help="loss over sequence chunks of this many positions (0 = off)")
-    p.add_argument("--no_shard_muon", action="store_true")
-    p.add_argument("--steps", type=int, default=10, help="timed steps")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
-    p.add_argument("--data_dir", default=None, help='real data: "sample", "" (base_data/) or a path; default synthetic tokens')
-    p.add_argument("--tokenizer_dir", default="", help='with --data_dir: "" = <base dir>/tokenizer, a name under the base dir, or a path')
-    p.add_argument("--loader_mode", default="stream", choices=["stream", "bestfit"])
+    add_model_flags(p)
+    add_step_flags(p, steps=10, warmup=2)
     p.add_argument("--compile_only", action="store_true", help="compile and report the compiled step's memory, run nothing")
     return p.parse_args(argv)
 
 
 def synthetic_batches(args, mesh):
-    """The same global ``(A, B, T)`` batch forever (numpy seed 0; ``bench/torch_nanochat.py`` draws the same)."""
+    """The same global ``(A, B, T)`` batch forever (numpy seed 0; ``bench.torch_nanochat`` draws the same)."""
     rows = args.device_batch_size * jax.local_device_count()
     rng = np.random.default_rng(0)
     shape = (args.grad_accum, rows, args.seq_len)
@@ -70,9 +57,8 @@ def synthetic_batches(args, mesh):
 def loader_batches(args, mesh):
     """Real batches from the pretraining loader, as ``train.pretrain`` feeds its step; returns (batches, loader)."""
     from nanochat_jax.dataloader import build_pretrain_loader, iter_global_microbatches
-    from nanochat_jax.tokenizer import Tokenizer, tokenizer_dir
 
-    tokenizer = Tokenizer.from_directory(tokenizer_dir(args.tokenizer_dir))
+    tokenizer = load_tokenizer(args.tokenizer_dir)
     if tokenizer.get_vocab_size() > args.vocab_size:
         raise SystemExit(f"tokenizer vocab {tokenizer.get_vocab_size():,} > --vocab_size {args.vocab_size:,}: its ids would not fit the model")
     rows = args.device_batch_size * jax.local_device_count()
@@ -80,8 +66,9 @@ def loader_batches(args, mesh):
     return iter_global_microbatches(loader, mesh, args.grad_accum), loader
 
 
-def benchmark(args) -> dict:
-    dtype = hardware.default_compute_dtype() if args.compute_dtype == "auto" else args.compute_dtype
+def benchmark(args, compile_only: bool = False) -> dict:
+    """One row of results; ``args`` holds the ``bench.common`` model and step flags."""
+    dtype = resolve_dtype(args.compute_dtype)
     config = GPTConfig.from_depth(
         args.depth, vocab_size=args.vocab_size, sequence_len=args.seq_len, compute_dtype=dtype,
         attention_impl=args.attention_impl, remat=args.remat, scan_layers=args.scan_layers,
@@ -107,12 +94,12 @@ def benchmark(args) -> dict:
         compile_s = time.perf_counter() - t0
         memory = compiled.memory_analysis()  # XLA's buffer assignment: known before anything runs
         times, losses, metrics = [], [], None
-        for _ in range(0 if args.compile_only else args.warmup):
+        for _ in range(0 if compile_only else args.warmup):
             state, metrics = compiled(state, {"inputs": x, "targets": y}, lrm, mom)
             x, y = next(batches)
             losses.append(metrics["loss"])  # stays on device: warm-up steps are not synchronised one by one
         jax.block_until_ready(metrics)
-        for _ in range(0 if args.compile_only else args.steps):
+        for _ in range(0 if compile_only else args.steps):
             t = time.perf_counter()
             state, metrics = compiled(state, {"inputs": x, "targets": y}, lrm, mom)
             x, y = next(batches)  # the next step's data is prepared while this one runs, as in train.pretrain
@@ -139,7 +126,7 @@ def benchmark(args) -> dict:
         # Scratch = the step's temporaries as compiled (activations, logits, ...); params + optimizer state are args.
         "scratch_gib": None if memory is None else memory.temp_size_in_bytes / 2**30,
         "state_gib": None if memory is None else memory.argument_size_in_bytes / 2**30,
-        "loss": None if metrics is None else float(metrics["loss"]),  # the last step's; bench/mfu.py compares it across frameworks
+        "loss": None if metrics is None else float(metrics["loss"]),  # the last step's; bench.mfu compares it across frameworks
         "losses": [float(v) for v in losses],  # every step's loss (before its update): the training trend
         "versions": f"jax {jax.__version__}",
     }
@@ -170,4 +157,5 @@ def print_table(result: dict) -> None:
 
 
 if __name__ == "__main__":
-    print_table(benchmark(parse_args()))
+    cli = parse_args()
+    print_table(benchmark(cli, compile_only=cli.compile_only))

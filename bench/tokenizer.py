@@ -1,6 +1,6 @@
 """Benchmark tokenizer training (rustbpe) and encoding (tiktoken) on parquet shards.
 
-    python bench/tokenizer.py [--data_dir DIR] [--vocab_size 65536] [--max_chars 100000000]
+    python -m bench.tokenizer [--data_dir DIR] [--vocab_size 65536] [--max_chars 100000000]
                               [--doc_cap 10000] [--encode_mb 16] [--num_threads 8] [--batch_size 128]
 
 Training reads `--max_chars` characters from every `*.parquet` file in
@@ -27,11 +27,10 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nanochat_jax.dataloader import iter_documents  # noqa: E402
-from nanochat_jax.dataset import DataNotFoundError, list_parquet_files  # noqa: E402
-from nanochat_jax.tokenizer import Tokenizer  # noqa: E402
+from bench.common import add_data_flags, load_tokenizer
+from nanochat_jax.dataset import DataNotFoundError, list_parquet_files
+from nanochat_jax.parquet_docs import iter_documents
+from nanochat_jax.tokenizer import Tokenizer
 
 
 class CyclicText:
@@ -91,15 +90,14 @@ def row(name: str, value: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data_dir", type=str, default="", help='directory of *.parquet shards; "" = base_data/, "sample" = embedded corpus')
+    add_data_flags(p, data_dir="")  # --tokenizer_dir: with --skip_train, the tokenizer to load
     p.add_argument("--vocab_size", type=int, default=65_536)
     p.add_argument("--max_chars", type=int, default=100_000_000, help="characters to train on")
     p.add_argument("--doc_cap", type=int, default=10_000)
     p.add_argument("--encode_mb", type=float, default=16.0, help="MB of text for the encode benchmark")
     p.add_argument("--num_threads", type=int, default=8, help="tiktoken batch-encode threads")
     p.add_argument("--batch_size", type=int, default=128, help="documents per encode batch")
-    p.add_argument("--skip_train", action="store_true", help="only benchmark encoding (needs a trained tokenizer: --tokenizer_dir)")
-    p.add_argument("--tokenizer_dir", type=str, default=None, help="with --skip_train: tokenizer to load")
+    p.add_argument("--skip_train", action="store_true", help="only benchmark encoding, with the --tokenizer_dir tokenizer")
     args = p.parse_args(argv)
 
     try:
@@ -112,10 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"|{'-' * 40}|{'-' * 30}|")
 
     if args.skip_train:
-        if not args.tokenizer_dir:
-            sys.exit("--skip_train needs --tokenizer_dir")
-        tok = Tokenizer.from_directory(args.tokenizer_dir)
-        row("tokenizer", f"{args.tokenizer_dir}")
+        tok = load_tokenizer(args.tokenizer_dir)
+        row("tokenizer", args.tokenizer_dir or "tokenizer/")
     else:
         text = CyclicText(files, args.max_chars, args.doc_cap)
         t0 = time.perf_counter()

@@ -1,6 +1,6 @@
 """A fast PyTorch implementation of nanochat's classic GPT and its training step.
 
-Why it exists: the MFU benchmark (``bench/mfu.py``) needs a PyTorch baseline
+Why it exists: the MFU benchmark (``bench.mfu``) needs a PyTorch baseline
 that trains *the same model with the same optimizer* the way nanochat does it
 on a GPU, so the JAX step can be judged against what PyTorch achieves on the
 same device. It is written in this project from the model description
@@ -8,7 +8,7 @@ same device. It is written in this project from the model description
 tested for parity against the JAX model (``tests/test_bench_mfu.py``).
 
 What makes it the nanochat baseline and not a strawman:
-- the model is ``tests/torch_reference.py``, the classic GPT with nanochat's
+- the model is ``bench.torch_reference``, the classic GPT with nanochat's
   parameter names and ``(out, in)`` layout that every JAX parity test is
   checked against, so state dicts move between it, nanochat itself and
   ``nanochat_jax.convert``;
@@ -31,13 +31,10 @@ two frameworks' memory pools never share a GPU.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import importlib
-import json
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -49,10 +46,10 @@ import torch.nn as nn
 # The model is the project's one PyTorch implementation of classic nanochat,
 # the independent reference every parity test compares JAX against; the
 # benchmark drives exactly that module (compiled, under bf16 autocast).
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from torch_reference import GPT, GPTConfig  # noqa: E402
+from bench.torch_reference import GPT, GPTConfig
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
+LRS = dict(unembedding_lr=0.004, embedding_lr=0.2, matrix_lr=0.02, weight_decay=0.0)  # classic base_train's defaults
 NS_EPS = 1e-7
 
 
@@ -123,17 +120,8 @@ class Muon(torch.optim.Optimizer):
             torch._foreach_add_(params, list(O.to(params[0].dtype).unbind(0)), alpha=alpha)
 
 
-def setup_optimizers(
-    model: GPT,
-    unembedding_lr: float = 0.004,
-    embedding_lr: float = 0.2,
-    matrix_lr: float = 0.02,
-    weight_decay: float = 0.0,
-    *,
-    fused: bool | None = None,
-    ns_fn: Callable | None = None,
-) -> list[torch.optim.Optimizer]:
-    """nanochat's classic split: ``[AdamW(lm_head, wte), Muon(block matrices)]``.
+def setup_optimizers(model: GPT, *, fused: bool | None = None, ns_fn: Callable | None = None) -> list[torch.optim.Optimizer]:
+    """nanochat's classic split at base_train's ``LRS``: ``[AdamW(lm_head, wte), Muon(block matrices)]``.
 
     AdamW lrs scale by ``(n_embd/768)**-0.5``; Muon's lr does not. ``fused``
     defaults to True on CUDA (nanochat's single-GPU AdamW), the plain foreach
@@ -144,15 +132,15 @@ def setup_optimizers(
     fused = (device.type == "cuda") if fused is None else fused
     adamw = torch.optim.AdamW(
         [
-            dict(params=[model.lm_head.weight], lr=unembedding_lr * scale),
-            dict(params=[model.transformer.wte.weight], lr=embedding_lr * scale),
+            dict(params=[model.lm_head.weight], lr=LRS["unembedding_lr"] * scale),
+            dict(params=[model.transformer.wte.weight], lr=LRS["embedding_lr"] * scale),
         ],
         betas=(0.8, 0.95),
         eps=1e-10,
-        weight_decay=weight_decay,
+        weight_decay=LRS["weight_decay"],
         fused=fused,
     )
-    muon = Muon(model.transformer.h.parameters(), lr=matrix_lr, momentum=0.95, ns_fn=ns_fn)
+    muon = Muon(model.transformer.h.parameters(), lr=LRS["matrix_lr"], momentum=0.95, ns_fn=ns_fn)
     return [adamw, muon]
 
 
@@ -277,19 +265,18 @@ class NanochatImportError(RuntimeError):
 
 
 def import_nanochat_gpt(path: str | Path):
-    """Import ``nanochat.gpt`` from a checkout root (the directory holding ``nanochat/``)."""
+    """Import ``nanochat.gpt`` of the checkout root ``path``, which ``bench.mfu`` puts on the worker's PYTHONPATH."""
     root = Path(path).expanduser().resolve()
     if not (root / "nanochat" / "gpt.py").is_file():
         raise NanochatImportError(
             f"--nanochat {path}: no nanochat/gpt.py under {root}; pass the root of a nanochat git checkout"
         )
-    sys.path.insert(0, str(root))
-    for name in [m for m in sys.modules if m == "nanochat" or m.startswith("nanochat.")]:
-        del sys.modules[name]  # a different `nanochat` imported earlier must not shadow the checkout
     try:
         module = importlib.import_module("nanochat.gpt")
     except Exception as e:  # any import-time failure (missing deps, syntax) gets the same clear message
         raise NanochatImportError(f"--nanochat {path}: importing nanochat.gpt failed: {type(e).__name__}: {e}") from e
+    if Path(module.__file__).resolve() != root / "nanochat" / "gpt.py":
+        raise NanochatImportError(f"--nanochat {path}: another nanochat ({module.__file__}) shadows the checkout")
     missing = [n for n in ("GPT", "GPTConfig") if not hasattr(module, n)]
     if missing:
         raise NanochatImportError(f"--nanochat {path}: nanochat.gpt has no {', '.join(missing)}")
@@ -320,11 +307,10 @@ def build_nanochat_trainer(
         model = module.GPT(module.GPTConfig(**dataclasses.asdict(config)))
     model.to_empty(device=device)
     model.init_weights()
-    lrs = dict(unembedding_lr=0.004, embedding_lr=0.2, matrix_lr=0.02, weight_decay=0.0)
     if hasattr(model, "setup_optimizers"):
-        optimizers = model.setup_optimizers(**lrs)
+        optimizers = model.setup_optimizers(**LRS)
     elif hasattr(model, "setup_optimizer"):
-        optimizers = [model.setup_optimizer(**lrs)]
+        optimizers = [model.setup_optimizer(**LRS)]
     else:
         raise NanochatImportError(f"--nanochat {path}: GPT has neither setup_optimizers nor setup_optimizer")
     return Trainer(
@@ -341,7 +327,7 @@ def build_nanochat_trainer(
 
 
 def synthetic_batch(vocab_size: int, grad_accum: int, rows: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """The exact tokens ``bench/step.py`` feeds the JAX step (same generator, seed and draws)."""
+    """The exact tokens ``bench.step`` feeds the JAX step (same generator, seed and draws)."""
     rng = np.random.default_rng(0)
     shape = (grad_accum, rows, seq_len)
     x = rng.integers(0, vocab_size, shape, dtype=np.int32)
@@ -382,41 +368,29 @@ def time_trainer(trainer: Trainer, x: torch.Tensor, y: torch.Tensor, *, steps: i
     return {"first_step_s": first_s, "compile_s": compile_s, "step_s": step_s, "loss": float(loss)}
 
 
-def benchmark(
-    *,
-    depth: int,
-    vocab_size: int = 65536,
-    seq_len: int = 2048,
-    device_batch_size: int = 32,
-    grad_accum: int = 1,
-    steps: int = 10,
-    warmup: int = 2,
-    compile: bool | None = None,
-    device: str | None = None,
-    nanochat: str | None = None,
-) -> dict:
-    """Time this module's step (or a nanochat checkout's) on ``bench/step.py``'s tokens."""
+def benchmark(args, *, device: str, compile: bool | None = None) -> dict:
+    """Time this module's step (or ``args.nanochat``'s) on ``bench.step``'s tokens; ``args``: ``bench.common`` flags."""
     dev = resolve_device(device)
     configure_torch(dev)
-    config = GPTConfig.from_depth(depth, vocab_size=vocab_size, sequence_len=seq_len)
-    if nanochat:
-        trainer = build_nanochat_trainer(nanochat, config, dev, compile=compile)
+    config = GPTConfig.from_depth(args.depth, vocab_size=args.vocab_size, sequence_len=args.seq_len)
+    if args.nanochat:
+        trainer = build_nanochat_trainer(args.nanochat, config, dev, compile=compile)
     else:
         trainer = build_trainer(config, dev, compile=compile)
     compiled = trainer.forward is not trainer.model
-    xs, ys = synthetic_batch(vocab_size, grad_accum, device_batch_size, seq_len)
+    xs, ys = synthetic_batch(args.vocab_size, args.grad_accum, args.device_batch_size, args.seq_len)
     x = torch.from_numpy(xs).long().to(dev)
     y = torch.from_numpy(ys).long().to(dev)
-    timing = time_trainer(trainer, x, y, steps=steps, warmup=warmup)
-    tokens = grad_accum * device_batch_size * seq_len
+    timing = time_trainer(trainer, x, y, steps=args.steps, warmup=args.warmup)
+    tokens = args.grad_accum * args.device_batch_size * args.seq_len
     on_cuda = dev.type == "cuda"
     precision = "bf16 autocast" if trainer.autocast_dtype is not None else "fp32"
     return {
-        "framework": "nanochat" if nanochat else "torch",
+        "framework": "nanochat" if args.nanochat else "torch",
         "device": torch.cuda.get_device_name(dev) if on_cuda else "cpu",
         "num_devices": 1,
-        "config": f"d{depth} V={vocab_size} T={seq_len} B={device_batch_size}x{grad_accum} {precision}"
-        f" compile={compiled}" + (f" nanochat={nanochat}" if nanochat else ""),
+        "config": f"d{args.depth} V={args.vocab_size} T={args.seq_len} B={args.device_batch_size}x{args.grad_accum}"
+        f" {precision} compile={compiled}" + (f" nanochat={args.nanochat}" if args.nanochat else ""),
         "params": sum(p.numel() for p in trainer.model.parameters()),
         "compile_s": timing["compile_s"],
         "first_step_s": timing["first_step_s"],
@@ -427,25 +401,3 @@ def benchmark(
         "versions": f"torch {torch.__version__}" + (f" (CUDA {torch.version.cuda})" if on_cuda else ""),
     }
 
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Time the PyTorch nanochat step alone (bench/mfu.py runs both frameworks).")
-    p.add_argument("--depth", type=int, default=20)
-    p.add_argument("--vocab_size", type=int, default=65536)
-    p.add_argument("--seq_len", type=int, default=2048)
-    p.add_argument("--device_batch_size", type=int, default=32)
-    p.add_argument("--grad_accum", type=int, default=1)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto")
-    p.add_argument("--device", default="auto")
-    return p.parse_args(argv)
-
-
-if __name__ == "__main__":
-    a = parse_args()
-    compile_flag = {"auto": None, "on": True, "off": False}[a.compile]
-    print(json.dumps(benchmark(
-        depth=a.depth, vocab_size=a.vocab_size, seq_len=a.seq_len, device_batch_size=a.device_batch_size,
-        grad_accum=a.grad_accum, steps=a.steps, warmup=a.warmup, compile=compile_flag, device=a.device,
-    )))

@@ -92,3 +92,14 @@ def chat_defaults(source_stage: str) -> ml_collections.ConfigDict:
     source = ml_collections.ConfigDict(dict(stage=source_stage, model_tag="", step=-1))  # "" = largest d<N>; -1 = latest
     data = ml_collections.ConfigDict(dict(train="", val="", task_dir=""))  # mixture names; task_dir "" = HF hub / $NANOCHAT_JAX_TASK_DIR
     return ml_collections.ConfigDict(dict(source=source, model=model, data=data, optim=optim_section(), loop=loop_section(), log=log_section()))
+
+
+def tiny_chat(c: ml_collections.ConfigDict, train: str, val: str) -> ml_collections.ConfigDict:
+    """Shrink a chat stage to the tiny base model (configs/tiny.py) and the embedded chat data."""
+    c.source.model_tag = "tiny"
+    c.data.train, c.data.val = train, val
+    c.model.max_seq_len = 256
+    c.loop.device_batch_size = 8
+    c.loop.eval_every, c.loop.save_every = 50, 100
+    c.log.log_every = 10
+    return c

@@ -24,7 +24,7 @@ committed anywhere (the packages are GPL/various licences); the shards are
 written to ``--out`` in nanochat's schema, the last shard being validation.
 
     apt-get update && python dev/build_bench_text.py --out /tmp/bench_text
-    python bench/tokenizer.py --data_dir /tmp/bench_text
+    python -m bench.tokenizer --data_dir /tmp/bench_text
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from nanochat_jax.common import process_index
+from nanochat_jax.packing import StreamPacker
 
 
 def _process_grid() -> tuple[int, int]:
@@ -23,35 +24,44 @@ def _process_grid() -> tuple[int, int]:
 
 
 class ConversationStream:
-    """nanochat's mid_data_generator: pop ``rows*T+1`` tokens per micro-batch from the rendered stream."""
+    """nanochat's mid_data_generator: rendered conversations through the pretraining ``StreamPacker``.
+
+    Each micro-batch is the stream's next ``rows*T+1`` tokens; the state is the
+    conversation and token offset where the stream continues (never tokens).
+    ``exhausted`` turns on when the last conversation of the epoch is rendered.
+    """
 
     def __init__(self, dataset, tokenizer, rows: int, seq_len: int, state: dict | None = None, max_tokens: int = 2048):
         if len(dataset) == 0:
             raise ValueError("the midtraining mixture is empty")
         self.dataset, self.tokenizer, self.rows, self.seq_len, self.max_tokens = dataset, tokenizer, rows, seq_len, max_tokens
         self.rank, self.world = _process_grid()
-        state = state or {"cursor": self.rank, "buffer": [], "exhausted": False}
-        self.cursor, self.buffer, self.exhausted = state["cursor"], list(state["buffer"]), state["exhausted"]
+        state = state or {"cursor": self.rank, "offset": 0, "exhausted": False}
+        self.cursor, self.exhausted = state["cursor"], state["exhausted"]
+        self.packer = StreamPacker(self._chunks())
+        self.packer.reset(state["cursor"], state["offset"])
+
+    def _chunks(self):
+        while True:
+            index = self.cursor
+            ids, _ = self.tokenizer.render_conversation(self.dataset[index], max_tokens=self.max_tokens)
+            self.cursor += self.world
+            if self.cursor >= len(self.dataset):
+                self.cursor -= len(self.dataset)
+                self.exhausted = True
+            yield [index], [ids]
 
     @property
     def progress(self) -> float:
         return self.cursor / len(self.dataset)
 
     def next(self) -> dict[str, np.ndarray]:
-        needed = self.rows * self.seq_len + 1
-        while len(self.buffer) < needed:
-            ids, _ = self.tokenizer.render_conversation(self.dataset[self.cursor], max_tokens=self.max_tokens)
-            self.buffer.extend(ids)
-            self.cursor += self.world
-            if self.cursor >= len(self.dataset):
-                self.cursor -= len(self.dataset)
-                self.exhausted = True
-        window = np.asarray(self.buffer[:needed], np.int32)
-        del self.buffer[:needed]
-        return {"inputs": window[:-1].reshape(self.rows, self.seq_len), "targets": window[1:].reshape(self.rows, self.seq_len)}
+        inputs, targets = self.packer.next_batch(self.rows, self.seq_len)
+        return {"inputs": inputs, "targets": targets}
 
     def get_state(self) -> dict:
-        return {"cursor": self.cursor, "buffer": list(self.buffer), "exhausted": self.exhausted}
+        cursor, offset = self.packer.position() or (self.cursor, 0)
+        return {"cursor": int(cursor), "offset": int(offset), "exhausted": self.exhausted}
 
     def close(self) -> None:
         pass

@@ -20,7 +20,6 @@ restoring only ever see finished steps.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -212,7 +211,8 @@ def stage_tokenizer(meta: dict, vocab_size: int):
     if tokenizer.get_vocab_size() != vocab_size:
         raise ValueError(
             f"tokenizer vocab {tokenizer.get_vocab_size()} != model vocab {vocab_size} "
-            f"(tokenizer from {tok_dir or 'the default directory'})"
+            f"(tokenizer from {tok_dir or 'the default directory'}): the tokenizer there was retrained after this model; "
+            f"restore the one it was trained with, or retrain the model from `python -m train.pretrain`"
         )
     return tokenizer
 

@@ -413,21 +413,16 @@ class Engine:
             row.expr.append(tok)
         return None
 
-    def generate_batch(
-        self,
-        tokens: Sequence[int],
-        num_samples: int = 1,
-        max_tokens: int | None = None,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        seed: int = 42,
-    ) -> tuple[list[list[int]], list[list[int]]]:
-        """Full sequences (prompt included, terminal token excluded) and masks (prompt = 0)."""
+    def generate_batch(self, tokens: Sequence[int], num_samples: int = 1, **sampling) -> tuple[list[list[int]], list[list[int]]]:
+        """Full sequences (prompt included, terminal token excluded) and masks (prompt = 0).
+
+        ``sampling``: ``max_tokens``, ``temperature``, ``top_k``, ``seed``, as ``generate``.
+        """
         tokens = [int(t) for t in tokens]
         results = [list(tokens) for _ in range(num_samples)]
         masks = [[0] * len(tokens) for _ in range(num_samples)]
         completed = [False] * num_samples
-        for column, mask_column in self.generate(tokens, num_samples, max_tokens, temperature, top_k, seed):
+        for column, mask_column in self.generate(tokens, num_samples, **sampling):
             for r, (tok, m) in enumerate(zip(column, mask_column)):
                 if completed[r]:
                     continue

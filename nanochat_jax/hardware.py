@@ -39,15 +39,15 @@ PEAK_MEMORY_BANDWIDTH = (
 
 
 def _lookup(table, device) -> float | None:
-    kind = (device or jax.devices()[0]).device_kind.lower()
+    kind = device if isinstance(device, str) else (device or jax.devices()[0]).device_kind
     for key, value in table:
-        if key in kind:
+        if key in kind.lower():
             return value
     return None
 
 
 def peak_flops(device=None) -> float | None:
-    """Peak bf16 FLOP/s of one device, or None when unknown (e.g. CPU)."""
+    """Peak bf16 FLOP/s of one device (a ``jax.Device``, its ``device_kind``, or device 0), None when unknown (CPU)."""
     return _lookup(PEAK_BF16_FLOPS, device)
 
 

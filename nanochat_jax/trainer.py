@@ -201,6 +201,10 @@ def global_batches(source: BatchSource, mesh):
 class Trainer:
     def __init__(self, stage: Stage, mesh):
         self.stage, self.mesh, cfg = stage, mesh, stage.cfg
+        mc = stage.model_config
+        print0(f"Devices: {jax.device_count()} x {jax.devices()[0].device_kind} across {jax.process_count()} process(es)")
+        print0(f"Model: {mc.num_params():,} params ({mc.n_layer} layers, {mc.n_embd} wide), {mc.flops_per_token():.6e} FLOPs/token, "
+               f"vocab {mc.vocab_size:,}, seq {mc.sequence_len}, compute {mc.compute_dtype}")  # fmt: skip
         self.ckpt_dir = stage_dir(stage.name) / stage.tag
         self.run_dir = get_base_dir() / "runs" / stage.name / stage.tag
         o = cfg.optim
@@ -415,3 +419,10 @@ def print_summary(summary: dict) -> None:
 
 def run_stage(stage: Stage, mesh) -> dict:
     return Trainer(stage, mesh).run()
+
+
+def run_config(build_stage: Callable[[Any, Any], Stage], cfg) -> dict:
+    """A stage's whole run from its config: join the processes, build the mesh and the stage, train."""
+    sharding.maybe_initialize_distributed()
+    mesh = sharding.make_mesh()
+    return run_stage(build_stage(cfg, mesh), mesh)

@@ -1,12 +1,12 @@
 """The JAX-vs-PyTorch MFU harness: its PyTorch baseline is the same model, and it runs.
 
 Why these tests: a throughput ratio is only meaningful if both sides train
-the same thing. The PyTorch baseline's model is ``tests/torch_reference.py``,
+the same thing. The PyTorch baseline's model is ``bench/torch_reference.py``,
 whose logits ``tests/test_gpt.py`` checks against JAX; here the baseline's own
 training step (stacked Muon, fused-style AdamW, accumulation, clipping) must
 move the loss exactly as the JAX step does, on fully random weights (nanochat
 zero-inits lm_head and both c_proj, which would hide whole sub-networks),
-with GQA and a padded vocab. Then ``bench/mfu.py`` runs end to end on CPU for both
+with GQA and a padded vocab. Then ``python -m bench.mfu`` runs end to end on CPU for both
 frameworks, and its ``--nanochat`` path is driven through a fake nanochat
 package that records what the harness asked of it.
 
@@ -18,9 +18,9 @@ test_optim.py's NS bound.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -35,27 +35,14 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from nanochat_jax import convert, sharding  # noqa: E402
+from bench import mfu, step  # noqa: E402
+from bench import torch_nanochat as tn  # noqa: E402
+from nanochat_jax import convert, hardware, sharding  # noqa: E402
 from nanochat_jax.gpt import GPTConfig  # noqa: E402
 from nanochat_jax.optim import nanochat_optimizer  # noqa: E402
 from nanochat_jax.train_step import init_train_state, make_train_step  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
-sys.path.insert(0, str(TESTS))
-import torch_reference as tr  # noqa: E402
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}_under_test", REPO / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-tn = _load("torch_nanochat")
-mfu = _load("mfu")
 
 TINY = dict(sequence_len=16, vocab_size=300, n_layer=2, n_head=4, n_kv_head=2, n_embd=64)  # GQA, vocab 300 -> 320
 NS_RTOL = 0.04
@@ -236,7 +223,7 @@ def test_table_marks_failures_and_missing_peak():
     assert rows[0]["mfu"] == pytest.approx(1e6 * facts["flops_per_token"] / 989e12)
     text = mfu.format_table(rows, facts, args, "gpu")
     assert "| torch | failed: OutOfMemoryError" in text and "JAX / PyTorch tokens/s: n/a" in text
-    assert mfu.peak_flops_for("cpu") is None
+    assert hardware.peak_flops("cpu") is None
 
 
 def test_nanochat_path_errors_are_clear(tmp_path, monkeypatch, capsys):
@@ -246,7 +233,7 @@ def test_nanochat_path_errors_are_clear(tmp_path, monkeypatch, capsys):
     (broken / "nanochat").mkdir(parents=True)
     (broken / "nanochat" / "__init__.py").write_text("")
     (broken / "nanochat" / "gpt.py").write_text("import a_module_nanochat_needs_but_is_missing\n")
-    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.syspath_prepend(str(broken))  # as bench.mfu's PYTHONPATH puts it for the torch worker
     with pytest.raises(tn.NanochatImportError, match="importing nanochat.gpt failed: ModuleNotFoundError"):
         tn.import_nanochat_gpt(broken)
 
@@ -264,7 +251,6 @@ def test_step_bench_on_real_data_feeds_the_loaders_batches(tmp_path):
     from nanochat_jax.tokenizer import Tokenizer
     from train.tokenizer import iter_train_texts
 
-    step = _load("step")
     tok = Tokenizer.train_from_iterator(iter_train_texts(parquet_files_for_split("train", "sample"), 200_000, 10_000), 300)
     tok.save(tmp_path / "tok")
     argv = ["--depth", "1", "--vocab_size", "320", "--seq_len", "32", "--device_batch_size", "1", "--grad_accum", "2",
@@ -290,14 +276,42 @@ def test_step_bench_on_real_data_feeds_the_loaders_batches(tmp_path):
         step.benchmark(step.parse_args(argv[:2] + ["--vocab_size", "256"] + argv[4:]))
 
 
-def run_mfu(argv, timeout=240):
-    return subprocess.run([sys.executable, str(REPO / "bench" / "mfu.py"), *argv], capture_output=True, text=True,
-                          timeout=timeout, cwd=str(REPO), check=False)
+GPU_MACHINE_LACKS = ("grain", "tensorboardX", "rustbpe", "ml_collections")
+BLOCKER = f"""
+import sys
+class _Absent:  # the GPU machines have none of these: importing one fails as it would there
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {GPU_MACHINE_LACKS!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (blocked by the test)", name=name)
+sys.meta_path.insert(0, _Absent())
+"""
+
+
+def run_bench(script, argv, tmp_path, timeout=240):
+    """``python -m bench.<script>`` (workers included) with the GPU machines' missing packages blocked."""
+    (tmp_path / "site").mkdir(exist_ok=True)
+    (tmp_path / "site" / "sitecustomize.py").write_text(BLOCKER)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    return subprocess.run([sys.executable, "-m", f"bench.{script}", *argv], capture_output=True, text=True,
+                          timeout=timeout, cwd=str(REPO), env=env, check=False)
+
+
+def run_mfu(argv, tmp_path):
+    return run_bench("mfu", argv, tmp_path)
+
+
+def test_decode_runs_without_the_gpu_machines_missing_packages(tmp_path):
+    argv = ["--depth", "1", "--vocab_size", "256", "--seq_len", "64", "--prompt_tokens", "8", "--decode_tokens", "8",
+            "--batch_sizes", "1", "--repeats", "1", "--chunk", "4"]
+    proc = run_bench("decode", argv, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "model: random d1" in proc.stdout and "tok/s" in proc.stdout
 
 
 def test_mfu_end_to_end_both_frameworks(tmp_path):
+    """Both workers run with grain, tensorboardX, rustbpe and ml_collections absent, as on the GPU machines."""
     out = tmp_path / "mfu.json"
-    proc = run_mfu(SMOKE + ["--json", str(out)])
+    proc = run_mfu(SMOKE + ["--json", str(out)], tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = [ln for ln in proc.stdout.splitlines() if ln.startswith(("| jax |", "| torch |"))]
     assert len(rows) == 2, proc.stdout
@@ -317,10 +331,9 @@ def test_mfu_end_to_end_both_frameworks(tmp_path):
 
 FAKE_GPT = '''
 """A stand-in for nanochat/gpt.py (classic interface) that logs what the harness does with it."""
-import json, os, sys
+import json, os
 import torch
-sys.path.insert(0, {tests!r})
-import torch_reference as tr
+from bench import torch_reference as tr
 
 GPTConfig = tr.GPTConfig
 LOG = os.environ.get("FAKE_NANOCHAT_LOG") or {log!r}
@@ -361,12 +374,12 @@ def test_mfu_nanochat_checkout_path(tmp_path):
     pkg = tmp_path / "checkout" / "nanochat"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
-    (pkg / "gpt.py").write_text(textwrap.dedent(FAKE_GPT.format(tests=str(TESTS), log=str(log))))
+    (pkg / "gpt.py").write_text(textwrap.dedent(FAKE_GPT.format(log=str(log))))
     out = tmp_path / "mfu.json"
     steps, warmup = 2, 2
     argv = ["--frameworks", "torch", "--nanochat", str(tmp_path / "checkout"), "--json", str(out)]
     argv += SMOKE[:SMOKE.index("--steps")] + ["--steps", str(steps), "--warmup", str(warmup), "--grad_accum", "2"]
-    proc = run_mfu(argv)
+    proc = run_mfu(argv, tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert any(ln.startswith("| nanochat |") for ln in proc.stdout.splitlines()), proc.stdout
     assert "JAX / PyTorch tokens/s: n/a" in proc.stdout  # only one framework ran

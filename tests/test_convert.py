@@ -26,8 +26,7 @@ from flax import nnx  # noqa: E402
 from nanochat_jax import convert  # noqa: E402
 from nanochat_jax.gpt import GPTConfig  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import torch_reference as tr  # noqa: E402
+from bench import torch_reference as tr  # noqa: E402
 
 # GQA (4 query heads, 2 kv heads) and a vocab (300) that pads to 320.
 TINY = dict(sequence_len=16, vocab_size=300, n_layer=2, n_head=4, n_kv_head=2, n_embd=64)

@@ -1,4 +1,4 @@
-"""Tests for nanochat_jax.dataloader: packing semantics, striding, exact resume, bad input.
+"""Tests for nanochat_jax.dataloader (+ packing, parquet_docs): packing semantics, striding, exact resume, bad input.
 
 Expected values are computed here from the parquet files with pyarrow and a
 byte-level tokenizer (token = UTF-8 byte, BOS = 256), and for best-fit by a
@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nanochat_jax import dataloader as dl
+from nanochat_jax import packing, parquet_docs
 from nanochat_jax.dataset import CorruptShardError, DataNotFoundError
 
 BOS = 256
@@ -229,7 +230,7 @@ def test_best_fit_choice_is_largest_fitting_else_shortest(lengths, remaining):
         expect = (-max(fitting)[1], True)
     else:
         expect = (min(range(len(lengths)), key=lambda i: lengths[i]), False)
-    assert dl.best_fit_choice(np.array(lengths), remaining) == expect
+    assert packing.best_fit_choice(np.array(lengths), remaining) == expect
 
 
 # ----------------------------------------------------------------------------- striding
@@ -239,8 +240,9 @@ def test_processes_read_disjoint_row_groups_covering_the_split(corpus):
     files = train_files(corpus)
     everything = [(f, g) for f in files for g in range(pq.ParquetFile(f).num_row_groups)]
     assert len(everything) == 15
+    refs = parquet_docs.split_row_groups(files)
     for n in (1, 2, 3, 4, 15):
-        per_process = [[(r.path, r.row_group) for r in dl.process_row_groups(files, p, n)] for p in range(n)]
+        per_process = [[(r.path, r.row_group) for r in parquet_docs.process_row_groups(refs, p, n)] for p in range(n)]
         flat = [x for part in per_process for x in part]
         assert len(flat) == len(set(flat)) == len(everything)
         assert set(flat) == set(everything)
@@ -281,6 +283,52 @@ def test_exact_resume_across_epoch_boundary_with_prefetch(corpus, loaders, mode)
             np.testing.assert_array_equal(a[0], b[0])
             np.testing.assert_array_equal(a[1], b[1])
     assert epochs[boundary - 2] == 0 and epochs[boundary + 4 + m - 1] >= 1
+
+
+class Conversations:
+    """A midtraining-like source: one rendered conversation per chunk, keyed ``(epoch, index)``, cursor = next key."""
+
+    def __init__(self, n, cursor=(0, 0)):
+        self.n, self.cursor = n, cursor
+
+    @staticmethod
+    def render(key):
+        return [BOS] + [100 + key[1]] * (key[1] % 6 + 1)
+
+    def __next__(self):
+        key = epoch, i = self.cursor
+        self.cursor = (epoch + (i + 1) // self.n, (i + 1) % self.n)
+        return [key], [self.render(key)]
+
+
+@pytest.mark.parametrize("mode", ["stream", "bestfit"])
+def test_packers_resume_any_keyed_token_source(mode):
+    """The packers know nothing of parquet: keys and offsets (plus the source's cursor) resume them exactly."""
+    def packer(source):
+        return packing.StreamPacker(source) if mode == "stream" else packing.BestFitPacker(source, 4)
+
+    source = Conversations(5)
+    first = packer(source)
+    head = [first.next_batch(2, 6) for _ in range(3)]
+    cursor = source.cursor
+    key, offset = (first.position() or (cursor, 0)) if mode == "stream" else (cursor, 0)
+    buffered = [] if mode == "stream" else list(first.keys)
+    tail = [first.next_batch(2, 6) for _ in range(4)]
+    resumed = packer(Conversations(5, cursor=key))
+    if mode == "stream":
+        resumed.reset(key, offset)
+    else:
+        resumed.reset(buffered, [Conversations.render(k) for k in buffered])
+    for a, b in zip([resumed.next_batch(2, 6) for _ in range(4)], tail):
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    x, y = head[0]
+    if mode == "stream":  # the conversations, concatenated in order
+        stream = list(itertools.chain.from_iterable(Conversations.render((0, i % 5)) for i in range(12)))
+        np.testing.assert_array_equal(x.ravel(), stream[:12])
+    else:
+        chunks = ([Conversations.render((i // 5, i % 5))] for i in itertools.count())
+        np.testing.assert_array_equal(x, reference_bestfit(chunks, 2, 6, 4, 1)[0][:, :-1])
 
 
 @pytest.mark.parametrize("mode", ["stream", "bestfit"])

@@ -13,8 +13,6 @@ so a converter bug cannot mask a model bug (or vice versa).
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,8 +26,7 @@ from flax import nnx  # noqa: E402
 from nanochat_jax import convert, gpt  # noqa: E402
 from nanochat_jax.gpt import GPT, GPTConfig, validate_tokens  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import torch_reference as tr  # noqa: E402
+from bench import torch_reference as tr  # noqa: E402
 
 # Tiny but exercises every feature: GQA (4 query heads over 2 kv heads),
 # vocab 300 padded to 320, and sequences beyond sequence_len (rotary rows

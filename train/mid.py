@@ -11,7 +11,6 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from nanochat_jax import sharding
 from nanochat_jax.chat_batches import ConversationStream
 from nanochat_jax.checkpoint import load_stage
 from nanochat_jax.common import print0
@@ -19,7 +18,7 @@ from nanochat_jax.config import ConfigError, parse_args
 from nanochat_jax.gpt import GPT
 from nanochat_jax.loss_eval import evaluate_bpb
 from nanochat_jax.schedules import mid_schedule
-from nanochat_jax.trainer import Periodic, Stage, execution_overrides, global_batches, grad_accum_steps, run_stage
+from nanochat_jax.trainer import Periodic, Stage, execution_overrides, global_batches, grad_accum_steps, run_config
 from nanochat_jax.tasks.mixtures import mixture
 
 
@@ -55,14 +54,8 @@ def build_stage(cfg, mesh) -> Stage:
 
 
 def run(cfg) -> dict:
-    sharding.maybe_initialize_distributed()
-    mesh = sharding.make_mesh()
-    return run_stage(build_stage(cfg, mesh), mesh)
-
-
-def main(argv=None) -> None:
-    run(parse_args(argv))
+    return run_config(build_stage, cfg)
 
 
 if __name__ == "__main__":
-    main()
+    run(parse_args())

@@ -13,13 +13,12 @@ from pathlib import Path
 import jax
 from flax import nnx
 
-from nanochat_jax import sharding
 from nanochat_jax.common import print0
 from nanochat_jax.config import ConfigError, parse_args
 from nanochat_jax.gpt import GPT, GPTConfig
 from nanochat_jax.loss_eval import evaluate_bpb
 from nanochat_jax.schedules import base_schedule
-from nanochat_jax.trainer import Periodic, Stage, StreamBatches, grad_accum_steps, model_config_from, run_stage
+from nanochat_jax.trainer import Periodic, Stage, StreamBatches, grad_accum_steps, model_config_from, run_config
 
 SAMPLE_PROMPTS = (
     "The capital of France is",
@@ -123,14 +122,7 @@ def print_samples(model, tokenizer, max_tokens: int, ctx) -> None:
 
 def run(cfg) -> dict:
     """Train; returns the final summary (also printed and logged)."""
-    sharding.maybe_initialize_distributed()
-    mesh = sharding.make_mesh()
-    print0(f"Devices: {jax.device_count()} x {jax.devices()[0].device_kind} across {jax.process_count()} process(es)")
-    stage = build_stage(cfg, mesh)
-    mc = stage.model_config
-    print0(f"Model d{cfg.model.depth}: {mc.num_params():,} params, {mc.flops_per_token():.6e} FLOPs/token, "
-           f"vocab {mc.vocab_size:,}, seq {mc.sequence_len}, compute {mc.compute_dtype}")  # fmt: skip
-    return run_stage(stage, mesh)
+    return run_config(build_stage, cfg)
 
 
 def main(argv=None) -> None:

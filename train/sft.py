@@ -12,16 +12,16 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from nanochat_jax import sharding
 from nanochat_jax.chat_batches import PaddedConversations
+from nanochat_jax.chat_eval import categorical_accuracy
 from nanochat_jax.checkpoint import load_stage
 from nanochat_jax.common import print0
 from nanochat_jax.config import parse_args
 from nanochat_jax.gpt import GPT
 from nanochat_jax.loss_eval import evaluate_loss
 from nanochat_jax.schedules import decay_schedule
-from nanochat_jax.tasks.mixtures import mixture
-from nanochat_jax.trainer import Periodic, Stage, accumulation, execution_overrides, global_batches, run_stage
+from nanochat_jax.tasks.mixtures import eval_tasks, mixture
+from nanochat_jax.trainer import Periodic, Stage, accumulation, execution_overrides, global_batches, run_config
 
 
 def build_stage(cfg, mesh) -> Stage:
@@ -45,26 +45,26 @@ def build_stage(cfg, mesh) -> Stage:
         batches = global_batches(PaddedConversations(val, tokenizer, rows, max_len), mesh)
         return {"val/loss": evaluate_loss(ctx.graphdef, ctx.params, batches, loop.eval_steps)}
 
+    metric_tasks = eval_tasks(cfg.data.metrics, cfg.data.task_dir)
+
+    def chat_metrics(ctx) -> dict:  # nanochat's in-training MMLU / ARC-Easy accuracy
+        return {f"chat/{name}": categorical_accuracy(ctx.graphdef, ctx.params, tokenizer, task, mesh, max_problems=loop.eval_metrics_max_problems)
+                for name, task in metric_tasks.items()}  # fmt: skip
+
     return Stage(
         name="sft", tag=loop.model_tag or tag, cfg=cfg, model_config=model_config,
         init_model=lambda mesh: nnx.merge(graphdef, params),
         open_batches=lambda state: PaddedConversations(train, tokenizer, rows, max_len, state),
         schedule=decay_schedule(num_steps, cfg.optim.init_lr_frac), grad_accum=accum,
         tokens_per_step=loop.target_examples_per_step * max_len, num_steps=num_steps,
-        evals=[Periodic(loop.eval_every, val_loss)],
+        evals=[Periodic(loop.eval_every, val_loss), Periodic(loop.eval_metrics_every, chat_metrics)],
         meta={"tokenizer_dir": meta.get("tokenizer_dir"), "source": f"{src.stage}/{tag}/{meta['step']}"},
     )  # fmt: skip
 
 
 def run(cfg) -> dict:
-    sharding.maybe_initialize_distributed()
-    mesh = sharding.make_mesh()
-    return run_stage(build_stage(cfg, mesh), mesh)
-
-
-def main(argv=None) -> None:
-    run(parse_args(argv))
+    return run_config(build_stage, cfg)
 
 
 if __name__ == "__main__":
-    main()
+    run(parse_args())

@@ -24,7 +24,7 @@ from typing import Iterator
 
 from nanochat_jax.common import print0
 from nanochat_jax.config import parse_args
-from nanochat_jax.dataloader import iter_documents
+from nanochat_jax.parquet_docs import iter_documents
 from nanochat_jax.dataset import list_parquet_files, split_files
 from nanochat_jax.tokenizer import Tokenizer, tokenizer_dir
 

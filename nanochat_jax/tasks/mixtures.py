@@ -39,6 +39,24 @@ MIXTURES = {
 }  # fmt: skip
 
 
+EVAL_TASKS = {
+    "mmlu": lambda d: MMLU("all", "test", **d),
+    "arc_easy": lambda d: ARC("ARC-Easy", "test", **d),
+    # Shipped slices (labelled so: their scores are not benchmark results).
+    "mmlu_slice": lambda d: MMLU("all", "test", data_dir="embedded"),
+    "arc_easy_slice": lambda d: ARC("ARC-Easy", "validation", data_dir="embedded"),
+}
+
+
+def eval_tasks(names: str, task_dir: str = "") -> dict:
+    """``"mmlu,arc_easy"`` -> ``{"mmlu": MMLU(...), "arc_easy": ARC(...)}`` (empty string: none)."""
+    unknown = [n for n in filter(None, names.split(",")) if n not in EVAL_TASKS]
+    if unknown:
+        raise ValueError(f"unknown evaluation task(s) {unknown}; expected some of {sorted(EVAL_TASKS)}")
+    kwargs = {"data_dir": task_dir} if task_dir else {}
+    return {n: EVAL_TASKS[n](kwargs) for n in filter(None, names.split(","))}
+
+
 def mixture(name: str, task_dir: str = "") -> TaskMixture:
     if name not in MIXTURES:
         raise ValueError(f"unknown task mixture {name!r}; expected one of {sorted(MIXTURES)}")

@@ -1,6 +1,7 @@
 """nanochat's classic GPT (commit 8c89661) in plain PyTorch, written from the spec.
 
-Why this file exists: it is the independent side of every parity check. The
+Why this file exists: it is the independent side of every parity check (the
+tests import it from here) and the model of the PyTorch benchmark baseline. The
 JAX model (``nanochat_jax.gpt``) is compared against it, and the converter
 (``nanochat_jax.convert``) reads and writes state dicts with exactly the names
 and shapes this module has, which are nanochat's own:
@@ -40,14 +41,14 @@ SOFTCAP = 15.0
 
 @dataclass
 class GPTConfig:
-    """nanochat's six model fields; ``GPTConfig(**meta['model_config'])`` works."""
+    """nanochat's six model fields, all explicit; ``GPTConfig(**meta['model_config'])`` works."""
 
-    sequence_len: int = 1024
-    vocab_size: int = 50304
-    n_layer: int = 12
-    n_head: int = 6
-    n_kv_head: int = 6
-    n_embd: int = 768
+    sequence_len: int
+    vocab_size: int
+    n_layer: int
+    n_head: int
+    n_kv_head: int
+    n_embd: int
 
     @classmethod
     def from_depth(cls, depth: int, vocab_size: int = 65536, sequence_len: int = 2048) -> "GPTConfig":
