@@ -11,16 +11,14 @@ from a small JSON state.
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
-from nanochat_jax.common import process_index
 from nanochat_jax.packing import StreamPacker
 
 
 def _process_grid() -> tuple[int, int]:
-    import jax
-
-    return process_index(), jax.process_count()
+    return jax.process_index(), jax.process_count()
 
 
 class ConversationStream:

@@ -196,7 +196,12 @@ def load_model_checkpoint(directory: str | Path, step: int | None = None, **conf
 
     ``config_overrides`` are execution switches such as ``compute_dtype``.
     """
-    params, meta = load_params(directory, step, make_mesh(jax.local_devices()[:1]))
+    return _model_on(directory, step, make_mesh(jax.local_devices()[:1]), config_overrides)
+
+
+def _model_on(directory, step: int | None, mesh, config_overrides: dict) -> tuple[GPT, dict]:
+    """The checkpoint's model with its params replicated over ``mesh``."""
+    params, meta = load_params(directory, step, mesh)
     config = GPTConfig(**meta["model_config"], **config_overrides)
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: GPT(config, rngs=nnx.Rngs(0))))
     return nnx.merge(graphdef, params), meta
@@ -225,10 +230,9 @@ def load_model(stage: str, model_tag: str | None = None, step: int | None = None
 
 
 def load_stage(stage: str, model_tag: str, step: int | None, mesh, **config_overrides):
-    """A later stage's start: ``(params on mesh, GPTConfig, tokenizer, meta, tag)`` of a stage's checkpoint."""
+    """A later stage's start: ``(model on mesh, tokenizer, meta, tag)`` of a stage's checkpoint."""
     model_tag = model_tag or find_model_tag(stage)
     if not (stage_dir(stage) / model_tag).is_dir():
         raise CheckpointNotFoundError(f"no {stage} checkpoint {model_tag!r} under {stage_dir(stage)}; {_train_first(stage)}")
-    params, meta = load_params(stage_dir(stage) / model_tag, step, mesh)
-    config = GPTConfig(**meta["model_config"], **config_overrides)
-    return params, config, stage_tokenizer(meta, config.vocab_size), meta, model_tag
+    model, meta = _model_on(stage_dir(stage) / model_tag, step, mesh, config_overrides)
+    return model, stage_tokenizer(meta, model.config.vocab_size), meta, model_tag

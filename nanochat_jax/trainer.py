@@ -184,9 +184,11 @@ class StreamBatches:
         self.loader.close()
 
 
-def pad_columns(rows: np.ndarray, width: int, value) -> np.ndarray:
-    """Right-pad ``(rows, T)`` to ``width`` columns: micro-batches of one step (and of all hosts) share a shape."""
-    return rows if rows.shape[1] == width else np.pad(rows, ((0, 0), (0, width - rows.shape[1])), constant_values=value)
+def pad_batch(batch: dict[str, np.ndarray], width: int) -> dict[str, np.ndarray]:
+    """Right-pad every ``(rows, T)`` leaf to ``width`` columns (targets with -1, the rest with 0), so the
+    micro-batches of one step, and of all hosts, share a shape."""
+    return {k: np.pad(v, ((0, 0), (0, width - v.shape[1])), constant_values=-1 if k == "targets" else 0)
+            for k, v in batch.items()}  # fmt: skip
 
 
 def global_batches(source: BatchSource, mesh):
@@ -194,8 +196,8 @@ def global_batches(source: BatchSource, mesh):
     while True:
         batch = source.next()
         width = agree_max(batch["targets"].shape[1])
-        yield tuple(sharding.make_global_batch(pad_columns(batch[k], width, -1 if k == "targets" else 0), mesh)
-                    for k in ("inputs", "targets"))  # fmt: skip
+        batch = pad_batch(batch, width)
+        yield sharding.make_global_batch(batch["inputs"], mesh), sharding.make_global_batch(batch["targets"], mesh)
 
 
 class Trainer:
@@ -264,7 +266,8 @@ class Trainer:
         state_before = self.source.get_state()
         micro = [self.source.next() for _ in range(self.stage.grad_accum)]
         width = agree_max(max(m["targets"].shape[1] for m in micro))
-        batch = {k: np.stack([pad_columns(m[k], width, -1 if k == "targets" else 0) for m in micro]) for k in micro[0]}
+        micro = [pad_batch(m, width) for m in micro]
+        batch = {k: np.stack([m[k] for m in micro]) for k in micro[0]}
         progress = max(float(self.source.progress), self.held.progress if self.held else 0.0)
         return _Held(batch, state_before, progress, bool(self.source.exhausted))  # progress never goes back (nanochat)
 

@@ -9,13 +9,11 @@ saves ``mid_checkpoints/<tag>`` with optimizer state.
 from __future__ import annotations
 
 import jax
-from flax import nnx
 
 from nanochat_jax.chat_batches import ConversationStream
 from nanochat_jax.checkpoint import load_stage
 from nanochat_jax.common import print0
 from nanochat_jax.config import ConfigError, parse_args
-from nanochat_jax.gpt import GPT
 from nanochat_jax.loss_eval import evaluate_bpb
 from nanochat_jax.schedules import mid_schedule
 from nanochat_jax.trainer import Periodic, Stage, execution_overrides, global_batches, grad_accum_steps, run_config
@@ -24,9 +22,10 @@ from nanochat_jax.tasks.mixtures import mixture
 
 def build_stage(cfg, mesh) -> Stage:
     src = cfg.source
-    params, model_config, tokenizer, meta, tag = load_stage(
+    model, tokenizer, meta, tag = load_stage(
         src.stage, src.model_tag, src.step if src.step >= 0 else None, mesh, **execution_overrides(cfg.model)
     )
+    model_config = model.config
     seq = cfg.model.max_seq_len
     if seq > model_config.sequence_len:
         raise ConfigError(f"model.max_seq_len={seq} exceeds the {src.stage} model's sequence_len {model_config.sequence_len}")
@@ -34,7 +33,6 @@ def build_stage(cfg, mesh) -> Stage:
     accum = grad_accum_steps(cfg, jax.device_count())
     train, val = mixture(cfg.data.train, cfg.data.task_dir), mixture(cfg.data.val, cfg.data.task_dir)
     print0(f"Midtraining on {len(train):,} conversations ({cfg.data.train}), val {len(val):,}; grad accumulation {accum}")
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: GPT(model_config, rngs=nnx.Rngs(0))))
 
     def val_bpb(ctx) -> dict:
         steps = max(1, cfg.loop.eval_tokens // (rows * jax.process_count() * seq))
@@ -43,7 +41,7 @@ def build_stage(cfg, mesh) -> Stage:
 
     return Stage(
         name="mid", tag=cfg.loop.model_tag or tag, cfg=cfg, model_config=model_config,
-        init_model=lambda mesh: nnx.merge(graphdef, params),
+        init_model=lambda mesh: model,
         open_batches=lambda state: ConversationStream(train, tokenizer, rows, seq, state),
         schedule=mid_schedule, grad_accum=accum, tokens_per_step=cfg.loop.total_batch_size,
         num_steps=cfg.loop.num_iterations if cfg.loop.num_iterations > 0 else None,

@@ -10,14 +10,12 @@ a few length buckets (a bounded number of compiled programs);
 from __future__ import annotations
 
 import jax
-from flax import nnx
 
 from nanochat_jax.chat_batches import PaddedConversations
 from nanochat_jax.chat_eval import categorical_accuracy
 from nanochat_jax.checkpoint import load_stage
 from nanochat_jax.common import print0
 from nanochat_jax.config import parse_args
-from nanochat_jax.gpt import GPT
 from nanochat_jax.loss_eval import evaluate_loss
 from nanochat_jax.schedules import decay_schedule
 from nanochat_jax.tasks.mixtures import eval_tasks, mixture
@@ -26,9 +24,10 @@ from nanochat_jax.trainer import Periodic, Stage, accumulation, execution_overri
 
 def build_stage(cfg, mesh) -> Stage:
     src, loop = cfg.source, cfg.loop
-    params, model_config, tokenizer, meta, tag = load_stage(
+    model, tokenizer, meta, tag = load_stage(
         src.stage, src.model_tag, src.step if src.step >= 0 else None, mesh, **execution_overrides(cfg.model)
     )
+    model_config = model.config
     max_len = min(cfg.model.max_seq_len, model_config.sequence_len)
     rows = loop.device_batch_size * jax.local_device_count()
     what = f"target_examples_per_step vs device_batch_size*devices = {loop.device_batch_size}*{jax.device_count()}"
@@ -39,7 +38,6 @@ def build_stage(cfg, mesh) -> Stage:
         raise ValueError(f"{len(train)} SFT conversations make no step of {loop.target_examples_per_step} examples")
     print0(f"SFT on {len(train):,} conversations ({cfg.data.train}): {num_steps:,} steps x {loop.target_examples_per_step} "
            f"examples, grad accumulation {accum}; val {len(val):,}")  # fmt: skip
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: GPT(model_config, rngs=nnx.Rngs(0))))
 
     def val_loss(ctx) -> dict:
         batches = global_batches(PaddedConversations(val, tokenizer, rows, max_len), mesh)
@@ -53,7 +51,7 @@ def build_stage(cfg, mesh) -> Stage:
 
     return Stage(
         name="sft", tag=loop.model_tag or tag, cfg=cfg, model_config=model_config,
-        init_model=lambda mesh: nnx.merge(graphdef, params),
+        init_model=lambda mesh: model,
         open_batches=lambda state: PaddedConversations(train, tokenizer, rows, max_len, state),
         schedule=decay_schedule(num_steps, cfg.optim.init_lr_frac), grad_accum=accum,
         tokens_per_step=loop.target_examples_per_step * max_len, num_steps=num_steps,
