@@ -99,15 +99,14 @@ def bench_batch(engine: Engine, params, prompt: list[int], batch: int, args) -> 
     F = FORCED_QUEUE
     queue, zeros = np.zeros((batch, F), np.int32), np.zeros((batch,), np.int32)
     no_stop = np.full((3,), -1, np.int32)
-    key = jax.random.PRNGKey(0)
     top_k = args.top_k or None
 
     def decode(ds, step0, n):
-        return engine.decode(params, ds, queue, zeros, zeros, key, step0, n, args.temperature, top_k, special=no_stop)
+        return engine.decode(params, ds, queue, zeros, zeros, step0, n, args.temperature, top_k, special=no_stop)
 
     # Compile everything once (prefill, decode) before timing.
     t0 = time.perf_counter()
-    ds = _sync(engine.prefill(params, prompt, batch, t_max))
+    ds = _sync(engine.prefill(params, [prompt], batch, t_max))
     ds = _sync(decode(ds, 0, 1)[0])
     compile_s = time.perf_counter() - t0
 
@@ -115,7 +114,7 @@ def bench_batch(engine: Engine, params, prompt: list[int], batch: int, args) -> 
     n_chunks = math.ceil((max_tokens - 1) / engine.chunk_size)
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        ds = _sync(engine.prefill(params, prompt, batch, t_max))
+        ds = _sync(engine.prefill(params, [prompt], batch, t_max))
         t1 = time.perf_counter()
         out = _sync(decode(ds, 0, 1))
         t2 = time.perf_counter()

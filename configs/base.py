@@ -82,6 +82,9 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
     c.loop.target_param_data_ratio = 20.0
     c.loop.sample_every = 2000
     c.loop.sample_max_tokens = 16
+    c.loop.core_metric_every = 2000  # CORE during pretraining (and at the end); -1 = never
+    c.loop.core_metric_max_per_task = 500
+    c.loop.core_bundle_dir = ""  # "" = the DCLM bundle (downloaded once), "slice" = the embedded slice, or a path
     return c
 
 

@@ -14,22 +14,11 @@ import argparse
 import sys
 from typing import TextIO
 
+from nanochat_jax import cli
 from nanochat_jax.checkpoint import STAGE_DIRS, CheckpointNotFoundError, load_model, stage_dir
 from nanochat_jax.engine import Engine
 from nanochat_jax.hardware import default_compute_dtype
 from nanochat_jax.streaming import stream_text
-
-# How each stage's checkpoints come into being (printed when none exists).
-CREATE_HINTS = {
-    "base": "python -m train.pretrain --config=configs/tiny.py",
-    "mid": "python -m nanochat_jax.convert to-jax --src <nanochat mid_checkpoints/d20> --out <this directory>"
-    " (midtraining is not in nanochat_jax yet; -i base chats with a base model)",
-    "sft": "python -m nanochat_jax.convert to-jax --src <nanochat chatsft_checkpoints/d20> --out <this directory>"
-    " (SFT is not in nanochat_jax yet; -i base chats with a base model)",
-    "rl": "python -m nanochat_jax.convert to-jax --src <nanochat chatrl_checkpoints/d20> --out <this directory>"
-    " (RL is not in nanochat_jax yet; -i base chats with a base model)",
-}
-
 
 def _recorded(columns, reply: list[int]):
     """The sampled tokens of ``Engine.generate`` columns, each also appended to ``reply``."""
@@ -146,19 +135,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    """Load the checkpoint and chat; a missing or corrupt checkpoint raises (``cli.main`` prints it)."""
     args = parse_args(argv)
     dtype = args.dtype or default_compute_dtype()
     try:
         model, tokenizer, _ = load_model(args.source, model_tag=args.model_tag, step=args.step, compute_dtype=dtype)
-    except (CheckpointNotFoundError, FileNotFoundError) as e:
-        print(
-            f"error: cannot load a '{args.source}' checkpoint from {stage_dir(args.source)}\n"
-            f"  {e}\n"
-            f"  create one with: {CREATE_HINTS[args.source]}\n"
-            f"  (set $NANOCHAT_JAX_BASE_DIR if your checkpoints live elsewhere; -i picks another stage)",
-            file=sys.stderr,
-        )
-        return 2
+    except CheckpointNotFoundError as e:
+        raise CheckpointNotFoundError(
+            f"cannot load a '{args.source}' checkpoint from {stage_dir(args.source)}: {e} "
+            f"(set $NANOCHAT_JAX_BASE_DIR if your checkpoints live elsewhere; -i picks another stage)"
+        ) from e
     run_chat(
         model,
         tokenizer,
@@ -172,4 +158,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.main(main)

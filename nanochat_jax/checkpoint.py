@@ -16,11 +16,24 @@ Atomicity comes from Orbax: a step is written into a temporary directory and
 renamed into place only once every item is committed, so an interrupted save
 never leaves a directory that looks like a valid checkpoint; listing and
 restoring only ever see finished steps.
+
+Integrity (``nanochat_jax.integrity``): every array's fingerprint is recorded
+in ``meta["checksums"]`` at save and checked after restore, together with
+NaN/inf; an unreadable array (truncated or deleted file) is named from
+Orbax's error. A failed check names the directory, the step and the arrays.
+A step chosen by default (the newest) falls back to the newest intact older
+step and says so; an explicitly requested step, and model-only loading for
+chat/eval, fail instead, listing the intact steps.
 """
 
 from __future__ import annotations
 
+import gc
+import logging
 import re
+import sys
+from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +43,9 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from orbax.checkpoint.checkpoint_managers import LatestN
 
-from nanochat_jax.common import get_base_dir
+from nanochat_jax import integrity
+from nanochat_jax.common import get_base_dir, print0
+from nanochat_jax.errors import CheckpointCorruptError, CheckpointError
 from nanochat_jax.gpt import GPT, GPTConfig
 from nanochat_jax.sharding import make_mesh, replicated
 
@@ -45,7 +60,12 @@ STAGE_DIRS = {
 CREATED_BY = {"base": "train.pretrain", "mid": "train.mid", "sft": "train.sft", "rl": "train.rl"}
 
 
-class CheckpointNotFoundError(FileNotFoundError):
+CHECKSUMS = "checksums"  # meta key: {item: {array name: fingerprint}}
+# Orbax names the array it failed to read as the OCDBT key path inside its error text.
+_ORBAX_ARRAY = re.compile(r"'path': '([^'/][^']*)/'")
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """No usable checkpoint where one was asked for."""
 
 
@@ -101,6 +121,7 @@ class Checkpointer:
             cleanup_tmp_directories=True,
         )
         self._mngr = ocp.CheckpointManager(self.directory, options=options, item_names=("params", "opt_state", "meta"))
+        self._chosen: int | None = None  # the step restore_meta() picked by itself (restore() may fall back from it)
 
     # -- queries --------------------------------------------------------------
     def all_steps(self) -> list[int]:
@@ -111,10 +132,14 @@ class Checkpointer:
 
     # -- save -----------------------------------------------------------------
     def save(self, step: int, *, params, meta: dict, opt_state=None) -> None:
-        """Start an asynchronous save; returns once the arrays are copied off-device."""
-        items = {"params": ocp.args.StandardSave(params), "meta": ocp.args.JsonSave(_json_safe(meta))}
-        if opt_state is not None:
-            items["opt_state"] = ocp.args.StandardSave(opt_state)
+        """Start an asynchronous save; returns once the arrays are copied off-device.
+
+        The arrays' fingerprints go into the meta item, committed with them.
+        """
+        trees = {"params": params} if opt_state is None else {"params": params, "opt_state": opt_state}
+        meta = {**meta, CHECKSUMS: {item: integrity.fingerprints(tree)[0] for item, tree in trees.items()}}
+        items = {item: ocp.args.StandardSave(tree) for item, tree in trees.items()}
+        items["meta"] = ocp.args.JsonSave(_json_safe(meta))
         self._mngr.save(step, args=ocp.args.Composite(**items), force=True)
 
     def wait(self) -> None:
@@ -136,28 +161,101 @@ class Checkpointer:
             raise CheckpointNotFoundError(f"step {step} not in {self.directory}; available steps: {steps}")
         return step
 
-    def restore_meta(self, step: int | None = None) -> tuple[int, dict]:
+    def _candidates(self, step: int | None, fallback: bool) -> list[int]:
+        """The step to read, then (with fallback) the older ones, newest first."""
         step = self._resolve_step(step)
-        out = self._restore(step, meta=ocp.args.JsonRestore())
-        return step, out["meta"]
+        return [s for s in reversed(self.all_steps()) if s <= step] if fallback else [step]
 
-    def restore(self, step: int | None, *, abstract_params, abstract_opt_state=None) -> dict:
-        """Restore params (+ optimizer state) onto the shardings in the abstract trees."""
-        step = self._resolve_step(step)
-        items = {"params": ocp.args.StandardRestore(abstract_params), "meta": ocp.args.JsonRestore()}
-        if abstract_opt_state is not None:
-            items["opt_state"] = ocp.args.StandardRestore(abstract_opt_state)
-        out = self._restore(step, **items)
-        return {"step": step, **{k: out[k] for k in items}}
+    def _first_intact(self, candidates: list[int], read) -> tuple[int, Any]:
+        """``(step, read(step))`` for the first candidate that passes its checks, saying so when it is not the first."""
+        for step in candidates:
+            try:
+                out = read(step)
+            except CheckpointCorruptError as e:
+                if step == candidates[-1]:
+                    raise
+                print0(f"warning: {e}; falling back to an older step")
+                continue
+            if step != candidates[0]:
+                print0(f"Falling back to step {step} of {self.directory} (the newest intact step)")
+            return step, out
+        raise AssertionError("unreachable: no candidates")
 
-    def _restore(self, step: int, **items):
+    def restore_meta(self, step: int | None = None, *, fallback: bool = True) -> tuple[int, dict]:
+        """``(step, meta)``; with ``step=None`` the newest step whose meta is readable (unless ``fallback=False``)."""
+        step, meta = self._first_intact(self._candidates(step, fallback and step is None), lambda s: self._restore(s)["meta"])
+        self._chosen = step if fallback else None
+        return step, meta
+
+    def restore(self, step: int | None, *, abstract_params, abstract_opt_state=None, fallback: bool | None = None) -> dict:
+        """Restore params (+ optimizer state) onto the shardings in the abstract trees, checked.
+
+        ``fallback`` (default: when ``step`` is None or the step ``restore_meta`` chose
+        by itself) moves on to older steps when a step fails its checks; the
+        returned ``step`` and ``meta`` are those of the step actually restored.
+        """
+        if fallback is None:
+            fallback = step is None or step == self._chosen
+        items = {"params": abstract_params} if abstract_opt_state is None else {"params": abstract_params, "opt_state": abstract_opt_state}
+        step, out = self._first_intact(self._candidates(step, fallback), lambda s: self._restore(s, **items))
+        return {"step": step, **out}
+
+    def intact_steps(self, abstract_for: Callable[[dict], Any]) -> list[int]:
+        """Every step whose meta and params (skeleton ``abstract_for(meta)``) pass their checks; reads each one."""
+        intact = []
+        for s in self.all_steps():
+            try:
+                self._restore(s, params=abstract_for(self._restore(s)["meta"]))
+                intact.append(s)
+            except CheckpointCorruptError:
+                pass
+        return intact
+
+    def _corrupt(self, step: int, problem: str, arrays: list[str]) -> CheckpointCorruptError:
+        names = ", ".join(arrays) if arrays else "an array Orbax did not name"
+        return CheckpointCorruptError(f"checkpoint {self.directory} step {step} is corrupt: {problem}: {names}")
+
+    def _restore(self, step: int, **abstract) -> dict:
+        """Read the meta (+ the given items) of one step and check every array against its recorded fingerprint."""
         try:
-            return self._mngr.restore(step, args=ocp.args.Composite(**items))
-        except Exception as e:  # orbax raises many types; name the directory and what to do
-            raise CheckpointNotFoundError(
-                f"checkpoint step {step} in {self.directory} could not be restored ({type(e).__name__}: {e}). "
-                f"Other finished steps: {[s for s in self.all_steps() if s != step]}"
-            ) from e
+            meta = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as e:  # orbax raises many types
+            raise self._corrupt(step, f"unreadable ({type(e).__name__}: {e})", ["meta"]) from e
+        if not isinstance(meta, dict):
+            raise self._corrupt(step, "not a JSON object", ["meta"])
+        if not abstract:
+            return {"meta": meta}
+        try:
+            with _quiet_orbax():
+                out = self._mngr.restore(step, args=ocp.args.Composite(**{k: ocp.args.StandardRestore(v) for k, v in abstract.items()}))
+        except Exception as e:  # name what Orbax could not read
+            cause = str(e.__cause__ or type(e).__name__).splitlines()[0][:300]
+            raise self._corrupt(step, f"unreadable ({cause})", sorted(set(_ORBAX_ARRAY.findall(f"{e} {e.__cause__}")))) from e
+        recorded = meta.get(CHECKSUMS)
+        for item in abstract:
+            prints, non_finite = integrity.fingerprints(out[item])
+            if recorded is not None:
+                bad = integrity.mismatches(recorded.get(item, {}), prints)
+                if bad:
+                    raise self._corrupt(step, f"{item} checksum mismatch", bad)
+            if non_finite:
+                raise self._corrupt(step, f"{item} hold NaN/inf", non_finite)
+        if recorded is None:
+            print0(f"note: {self.directory} step {step} records no checksums (saved before they existed); checked for NaN/inf only")
+        return {"meta": meta, **{k: out[k] for k in abstract}}
+
+
+@contextmanager
+def _quiet_orbax():
+    """Once one read fails, Orbax abandons the others; asyncio would print each one's traceback when collected."""
+    hook, sys.unraisablehook = sys.unraisablehook, lambda _: None
+    log = logging.getLogger("asyncio")
+    level, log.level = log.level, logging.CRITICAL
+    try:
+        yield
+    finally:
+        gc.collect()  # finalise the abandoned reads while their reports are muted
+        sys.unraisablehook, log.level = hook, level
 
 
 # --------------------------------------------------------------------------- model-only helpers
@@ -183,9 +281,14 @@ def load_params(directory: str | Path, step: int | None, mesh) -> tuple[dict, di
         raise CheckpointNotFoundError(f"checkpoint directory {directory} does not exist")
     ckpt = Checkpointer(directory, keep=None, async_save=False)
     try:
-        step, meta = ckpt.restore_meta(step)
-        config = GPTConfig(**meta["model_config"])
-        restored = ckpt.restore(step, abstract_params=abstract_params(config, replicated(mesh)))
+        def abstract(meta: dict) -> dict:
+            return abstract_params(GPTConfig(**meta["model_config"]), replicated(mesh))
+
+        try:
+            step, meta = ckpt.restore_meta(step, fallback=False)
+            restored = ckpt.restore(step, abstract_params=abstract(meta), fallback=False)
+        except CheckpointCorruptError as e:
+            raise CheckpointCorruptError(f"{e}. Intact steps: {ckpt.intact_steps(abstract)} (pick one with -s/--step)") from e
     finally:
         ckpt.close()
     return restored["params"], meta

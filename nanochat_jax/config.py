@@ -19,8 +19,10 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from nanochat_jax.errors import NanochatError
 
-class ConfigError(ValueError):
+
+class ConfigError(NanochatError, ValueError):
     """A config file or override that cannot be used as given."""
 
 
@@ -30,7 +32,10 @@ def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
         raise ConfigError(f"config file {path} not found (configs live in configs/, e.g. configs/tiny.py)")
     spec = importlib.util.spec_from_file_location(f"_nanochat_jax_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # a broken config file is the user's to fix: name it
+        raise ConfigError(f"config file {path} could not be loaded: {type(e).__name__}: {e}") from e
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path} defines no get_config()")
     return module.get_config()
@@ -69,7 +74,7 @@ def _explain(error: Exception, path: str | None, overrides: list[str]) -> Config
     for key in overrides:
         if f"--config.{key}=" in message:
             current = lookup(cfg, key)
-            return ConfigError(f"{message}: expected a {type(current).__name__} (current value {current!r})")
+            return ConfigError(f"{message}: expected {type(current).__name__} (current value {current!r})")
     return ConfigError(message)
 
 
@@ -79,7 +84,8 @@ def parse_args(argv: list[str] | None = None, default_config: str | None = None)
     path = default_config
     for arg in argv:
         if arg in ("-h", "--help"):
-            raise SystemExit(usage(path if path else _config_path(argv)))
+            print(usage(path if path else _config_path(argv)))
+            raise SystemExit(0)
         if not arg.startswith("--config"):
             raise ConfigError(f"unexpected argument {arg!r}; use --config=FILE and --config.field=value")
     path = _config_path(argv) or path

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from nanochat_jax.common import atomic_write
+from nanochat_jax.errors import CheckpointFormatError, MissingDependencyError, UsageError
 
 TORCH_INSTALL_HINT = "pip install 'nanochat-jax[torch]'"
 
@@ -62,7 +63,7 @@ def _import_torch():
     try:
         import torch
     except ImportError as e:  # pragma: no cover - exercised only without torch
-        raise ImportError(
+        raise MissingDependencyError(
             f"nanochat_jax.convert needs PyTorch to read/write nanochat .pt checkpoints: {TORCH_INSTALL_HINT}"
         ) from e
     return torch
@@ -224,11 +225,11 @@ def load_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     torch = _import_torch()
     sd = torch.load(str(path), map_location="cpu", weights_only=True)
     if not isinstance(sd, Mapping):
-        raise TypeError(f"{str(path)!r} does not hold a state dict (got {type(sd).__name__})")
+        raise CheckpointFormatError(f"{str(path)!r} does not hold a state dict (got {type(sd).__name__})")
     out = {}
     for k, v in strip_compile_prefix(sd).items():
         if not isinstance(v, torch.Tensor):
-            raise TypeError(f"{str(path)!r}: entry {k!r} is a {type(v).__name__}, not a tensor")
+            raise CheckpointFormatError(f"{str(path)!r}: entry {k!r} is a {type(v).__name__}, not a tensor")
         out[k] = v.detach().to(torch.float32).numpy()
     return out
 
@@ -250,7 +251,7 @@ def load_torch_checkpoint(checkpoint_dir: str | Path, step: int | None = None, *
     meta = json.loads(meta_path.read_text())
     model_cfg = meta.get("model_config")
     if not isinstance(model_cfg, Mapping):
-        raise TypeError(f"{str(meta_path)!r} has no 'model_config' dict")
+        raise CheckpointFormatError(f"{str(meta_path)!r} has no 'model_config' dict")
     unknown = sorted(set(model_cfg) - set(MODEL_CONFIG_FIELDS))
     if unknown:
         raise ValueError(
@@ -277,7 +278,9 @@ def save_torch_checkpoint(model, meta: Mapping[str, Any] | None, checkpoint_dir:
     """Write ``model_{step:06d}.pt`` + ``meta_{step:06d}.json`` that nanochat's ``load_model`` accepts.
 
     The state dict has exactly nanochat's keys (no rotary buffers), fp32
-    ``(out, in)`` tensors; ``meta['model_config']`` is the model's six config
+    ``(out, in)`` tensors except ``wte``, stored in bf16 as nanochat's own
+    checkpoints hold it (an fp32 ``wte`` would run nanochat with an fp32
+    residual stream); ``meta['model_config']`` is the model's six config
     fields (overriding any stale value in ``meta``). Both files are written
     atomically. Returns ``(model_path, meta_path)``.
     """
@@ -285,6 +288,7 @@ def save_torch_checkpoint(model, meta: Mapping[str, Any] | None, checkpoint_dir:
     config = model.config
     sd_np = params_to_state_dict(model_params(model), config)
     state_dict = {k: torch.from_numpy(v) for k, v in sd_np.items()}
+    state_dict[WTE_KEY] = state_dict[WTE_KEY].to(torch.bfloat16)  # round to nearest even, as nanochat's cast
     d = Path(checkpoint_dir)
     model_path = d / f"model_{int(step):06d}.pt"
     meta_path = d / f"meta_{int(step):06d}.json"
@@ -307,7 +311,7 @@ def _to_torch(args) -> None:
     meta = dict(meta or {})
     step = args.step if args.step is not None else meta.get("step")
     if step is None:
-        raise SystemExit("could not tell the checkpoint's step from its meta; pass --step")
+        raise UsageError("could not tell the checkpoint's step from its meta; pass --step")
     model_path, _ = save_torch_checkpoint(model, meta, args.out, int(step))
     print(f"wrote {model_path} (+ meta) from {args.src}")
 
@@ -335,12 +339,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="project checkpoint directory to write")
     p.set_defaults(fn=_to_jax)
     args = parser.parse_args(argv)
-    try:
-        args.fn(args)
-    except (FileNotFoundError, ValueError, TypeError, ImportError) as e:
-        # A CLI user needs the message (which names files/keys), not a traceback.
-        raise SystemExit(f"error: {e}") from e
+    args.fn(args)
 
 
 if __name__ == "__main__":
-    main()
+    from nanochat_jax import cli
+
+    cli.main(main)

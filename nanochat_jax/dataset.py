@@ -179,13 +179,9 @@ def download_shard(
     chunk_bytes: int = 1 << 20,
     log: Callable[[str], None] = print,
 ) -> tuple[Path, int, float, bool]:
-    """Fetch one shard unless a valid copy exists.
+    """Fetch one shard unless a valid copy exists (``download_url``, parquet footer checked).
 
-    Returns ``(path, bytes, seconds, downloaded)``. Streams into ``<name>.tmp``,
-    checks the byte count against Content-Length and the parquet footer, then
-    renames atomically; any failure removes the ``.tmp``. Retries with
-    exponential backoff (``backoff_s * 2**(attempt-1)``: 2, 4, 8, 16 s by
-    default, as nanochat).
+    Returns ``(path, bytes, seconds, downloaded)``.
     """
     if attempts < 1:
         raise ValueError(f"attempts must be ≥ 1, got {attempts}")
@@ -197,26 +193,85 @@ def download_shard(
             return path, path.stat().st_size, 0.0, False
         log(f"{path.name}: existing file is not a valid shard; re-downloading")
     url = f"{base_url.rstrip('/')}/{shard_name(index)}"
+    nbytes, seconds = download_url(url, path, validate=validate_shard, attempts=attempts, backoff_s=backoff_s,
+                                   timeout_s=timeout_s, chunk_bytes=chunk_bytes, log=log)
+    return path, nbytes, seconds, True
+
+
+def _progress(name: str, done: int, total: int | None, t0: float) -> None:
+    """A one-line progress bar on stderr, redrawn in place."""
+    rate = done / 1e6 / max(time.monotonic() - t0, 1e-9)
+    if total:
+        bar = "#" * (30 * done // total)
+        line = f"\r{name} [{bar:<30}] {done / 1e6:8.1f}/{total / 1e6:.1f} MB {rate:6.1f} MB/s"
+    else:
+        line = f"\r{name} {done / 1e6:8.1f} MB {rate:6.1f} MB/s"
+    print(line, end="\n" if total and done >= total else "", file=sys.stderr, flush=True)
+
+
+def _fetch_once(url: str, tmp: Path, *, resume: bool, progress: bool, timeout_s: float, chunk_bytes: int) -> int:
+    """One HTTP GET into ``tmp`` (continuing it with a Range request when ``resume``); returns its final size."""
+    have = tmp.stat().st_size if resume and tmp.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    t0 = time.monotonic()
+    with urllib.request.urlopen(request, timeout=timeout_s) as resp:
+        if have and resp.status != 206:  # the server ignored the range: start over
+            have = 0
+        length = resp.headers.get("Content-Length")
+        expected = None if length is None else have + int(length)
+        nbytes = have
+        with open(tmp, "ab" if have else "wb") as f:
+            while chunk := resp.read(chunk_bytes):
+                f.write(chunk)
+                nbytes += len(chunk)
+                if progress:
+                    _progress(tmp.name.removesuffix(".tmp"), nbytes, expected, t0)
+            f.flush()
+            os.fsync(f.fileno())
+    if expected is not None and nbytes != expected:
+        raise OSError(f"connection closed after {nbytes} of {expected} bytes")
+    return nbytes
+
+
+def download_url(
+    url: str,
+    path: Path,
+    *,
+    validate: Callable[[Path], object] | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    attempts: int = 5,
+    backoff_s: float = 2.0,
+    timeout_s: float = 60.0,
+    chunk_bytes: int = 1 << 20,
+    log: Callable[[str], None] = print,
+) -> tuple[int, float]:
+    """Fetch ``url`` into ``path`` atomically; returns ``(bytes, seconds)``.
+
+    Streams into ``<name>.tmp``, checks the byte count against Content-Length
+    and ``validate(tmp)`` (which raises on a bad file), then renames into place.
+    Without ``resume`` any failure removes the ``.tmp``; with it, a connection
+    failure keeps the partial ``.tmp`` and the next attempt (or the next run)
+    continues it with an HTTP Range request. Retries with exponential backoff
+    (``backoff_s * 2**(attempt-1)``: 2, 4, 8, 16 s by default, as nanochat).
+    """
     tmp = _tmp_path(path)
     last_err: BaseException | None = None
+    t0 = time.monotonic()
     for attempt in range(1, attempts + 1):
-        t0 = time.monotonic()
         try:
-            nbytes = 0
-            with urllib.request.urlopen(url, timeout=timeout_s) as resp, open(tmp, "wb") as f:
-                expected = resp.headers.get("Content-Length")
-                while chunk := resp.read(chunk_bytes):
-                    f.write(chunk)
-                    nbytes += len(chunk)
-                f.flush()
-                os.fsync(f.fileno())
-            if expected is not None and nbytes != int(expected):
-                raise OSError(f"connection closed after {nbytes} of {expected} bytes")
-            validate_shard(tmp)
+            nbytes = _fetch_once(url, tmp, resume=resume, progress=progress, timeout_s=timeout_s, chunk_bytes=chunk_bytes)
+            if validate is not None:
+                try:
+                    validate(tmp)
+                except BaseException:
+                    tmp.unlink(missing_ok=True)  # a complete but bad file: never resume from it
+                    raise
             os.replace(tmp, path)
-            return path, nbytes, time.monotonic() - t0, True
+            return nbytes, time.monotonic() - t0
         except BaseException as e:
-            tmp.unlink(missing_ok=True)
+            if not resume:
+                tmp.unlink(missing_ok=True)
             if not isinstance(e, Exception):  # KeyboardInterrupt etc.: clean up, then stop
                 raise
             last_err = e

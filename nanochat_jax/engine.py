@@ -3,12 +3,18 @@
 nanochat runs one forward per token from Python and grows its cache; under JAX
 that recompiles per shape and pays a host round trip per token. Here shapes
 never change during a generation: the cache ``(n_layer, B, T_max, n_kv_head,
-head_dim)`` is allocated once, prompts and ``T_max`` are rounded up to buckets
-(:func:`bucket`) so nearby lengths share programs, and decoding runs in chunks
-(one ``lax.while_loop``) that return to the host only to stream, to stop, or to
-run the calculator after ``<|python_end|>``; its reply is fed back through a
-per-row forced-token queue. Step ``s`` samples with ``fold_in(PRNGKey(seed), s)``,
-so output depends on the seed alone, not on where chunks end.
+head_dim)`` is allocated once, prompts, prompt counts and ``T_max`` are rounded
+up to buckets (:func:`bucket`) so nearby sizes share programs, and decoding
+runs in chunks (one ``lax.while_loop``) that return to the host only to stream,
+to stop, or to run the calculator after ``<|python_end|>``; its reply is fed
+back through a per-row forced-token queue.
+
+Prompts of different lengths decode together: each is prefilled right-padded
+(the training kernel), then its K/V are shifted so that all prompts end at one
+slot, the shared write position (cache writes stay a ``dynamic_update_slice``);
+row r masks its slots before ``start[r]`` and slot t has rotary position
+``t - start[r]``. Sample j of prompt i draws from ``fold_in(fold_in(PRNGKey(
+seed_i), j), step)``: independent of the batch and of where chunks end.
 """
 
 from __future__ import annotations
@@ -21,23 +27,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
-from nanochat_jax import calculator
-from nanochat_jax.gpt import GPT, GPTConfig, block_forward, causal_attention, resolve_attention_impl, rotary_slice, validate_tokens
+from nanochat_jax import calculator, sharding
+from nanochat_jax.gpt import (GPT, GPTConfig, block_forward, causal_attention, resolve_attention_impl, rotary_slice, rotary_tables,
+                              validate_tokens)
 
 DEFAULT_CHUNK = 32
 FORCED_QUEUE = 128  # F: longest forced sequence (<|output_start|> ... <|output_end|>)
 MIN_CACHE_BUCKET = 64
 MIN_PROMPT_BUCKET = 16
 MIN_TOPK_BUCKET = 64
+DEFAULT_SEED = 42  # nanochat's generate() default
 
 
 class KVCache(NamedTuple):
-    """Preallocated keys/values for every layer and the shared write position."""
+    """Preallocated keys/values for every layer, the shared write position and each row's first real slot."""
 
     k: jax.Array  # (n_layer, B, T_max, n_kv_head, head_dim), compute dtype
     v: jax.Array
-    pos: jax.Array  # int32 scalar: positions 0..pos-1 hold valid K/V
+    pos: jax.Array  # int32 scalar: slots 0..pos-1 have been written
+    start: jax.Array  # (B,) int32: row r's slots before start[r] are left padding, never attended
 
 
 class DecodeState(NamedTuple):
@@ -45,14 +55,16 @@ class DecodeState(NamedTuple):
 
     cache: KVCache
     logits: jax.Array  # (B, vocab) fp32: next-token logits for every row
-    done: jax.Array  # (B,) bool: row emitted <|assistant_end|> or <|bos|>
+    done: jax.Array  # (B,) bool: row emitted <|assistant_end|> or <|bos|> (or is batch padding)
+    keys: jax.Array  # (B, 2) uint32: row (i, j)'s key fold_in(PRNGKey(seed_i), j); step s folds in s
 
 
 def init_cache(config: GPTConfig, batch_size: int, t_max: int, dtype=None) -> KVCache:
     """An empty cache; allocated once per generation at its final size, so shapes never change."""
     shape = (config.n_layer, batch_size, t_max, config.n_kv_head, config.head_dim)
     dtype = jnp.dtype(dtype or config.compute_dtype)
-    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
+    zeros = jnp.zeros((batch_size,), jnp.int32)
+    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32), zeros)
 
 
 def bucket(n: int, minimum: int, cap: int | None = None) -> int:
@@ -76,32 +88,44 @@ def bucket(n: int, minimum: int, cap: int | None = None) -> int:
 # --------------------------------------------------------------------------- model with a cache
 
 
-def _masked_cache_attention(q, k_layer, v_layer, pos):
-    """Queries at positions ``pos .. pos+Tq-1`` over all ``T_max`` cached keys.
+def _masked_cache_attention(q, k_layer, v_layer, pos, start):
+    """Queries at slots ``pos .. pos+Tq-1`` over all ``T_max`` cached keys.
 
-    The mask is ``(Tq, T_max)`` -- one row per query, never ``T_max x T_max``
-    -- and hides both future and never-written positions. The XLA kernel
-    computes scores and softmax in fp32, as the training kernel on CPU does.
+    The mask is ``(B, Tq, T_max)`` -- never ``T_max x T_max`` -- and hides
+    future and never-written slots and each row's left padding. The XLA
+    kernel computes scores and softmax in fp32, as the training kernel on CPU does.
     """
     Tq, T_max = q.shape[1], k_layer.shape[1]
-    q_pos = pos + jnp.arange(Tq, dtype=jnp.int32)
-    mask = jnp.arange(T_max, dtype=jnp.int32)[None, :] <= q_pos[:, None]
-    return jax.nn.dot_product_attention(q, k_layer, v_layer, mask=mask[None, None], implementation="xla")
+    key_slot = jnp.arange(T_max, dtype=jnp.int32)[None, None, :]
+    q_slot = (pos + jnp.arange(Tq, dtype=jnp.int32))[None, :, None]
+    mask = (key_slot <= q_slot) & (key_slot >= start[:, None, None])
+    return jax.nn.dot_product_attention(q, k_layer, v_layer, mask=mask[:, None], implementation="xla")
+
+
+def _row_rotary(config: GPTConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """cos/sin ``(B, Tq, D/2)`` at per-row rotary positions ``(B, Tq)``."""
+    cos, sin = rotary_tables(10 * config.sequence_len, config.head_dim)
+    take = lambda table: jnp.take(jnp.asarray(table), positions, axis=0, mode="clip")
+    return take(cos), take(sin)
 
 
 def _run_layers(model: GPT, x: jax.Array, cache: KVCache, fresh: bool):
-    """All blocks over ``x (B, Tq, C)`` at positions ``cache.pos ..``; returns (x, cache).
+    """All blocks over ``x (B, Tq, C)`` at slots ``cache.pos ..``; returns (x, cache).
 
     Each layer writes its new K/V into the full cache array at ``(layer, :,
     pos)`` -- an in-place update inside the compiled program -- and attends to
-    that layer's slice. ``fresh`` (prefill from position 0) attends causally
-    over the new keys alone, the same kernel as training; otherwise attention
-    reads the cache through the position mask.
+    that layer's slice. ``fresh`` (prefill of right-padded rows from slot 0)
+    attends causally over the new keys alone, the same kernel as training;
+    otherwise attention reads the cache through the slot mask, and row r's
+    rotary position at slot t is ``t - start[r]``.
     """
     cfg = model.config
     Tq = x.shape[1]
     pos = cache.pos
-    cos, sin = rotary_slice(cfg, Tq, 0 if fresh else pos)
+    if fresh:
+        cos, sin = rotary_slice(cfg, Tq)
+    else:
+        cos, sin = _row_rotary(cfg, pos + jnp.arange(Tq, dtype=jnp.int32)[None, :] - cache.start[:, None])
     impl = resolve_attention_impl(cfg)
 
     def one_layer(x, p, i, kc, vc):
@@ -111,7 +135,7 @@ def _run_layers(model: GPT, x: jax.Array, cache: KVCache, fresh: bool):
             if fresh:
                 y = causal_attention(q, k, v, impl)
             else:
-                y = _masked_cache_attention(q, kc2[i], vc2[i], pos)
+                y = _masked_cache_attention(q, kc2[i], vc2[i], pos, cache.start)
             return y, (kc2, vc2)
 
         x, (kc, vc) = block_forward(x, p, cos, sin, cfg, attend=attend)
@@ -130,7 +154,7 @@ def _run_layers(model: GPT, x: jax.Array, cache: KVCache, fresh: bool):
     else:
         for i in range(cfg.n_layer):
             x, kc, vc = one_layer(x, {k: v[i] for k, v in params.items()}, i, kc, vc)
-    return x, KVCache(kc, vc, pos + Tq)
+    return x, KVCache(kc, vc, pos + Tq, cache.start)
 
 
 def forward_cached(model: GPT, idx: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
@@ -146,24 +170,26 @@ def forward_cached(model: GPT, idx: jax.Array, cache: KVCache) -> tuple[jax.Arra
 # --------------------------------------------------------------------------- sampling
 
 
-def sample_tokens(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_k: jax.Array, k_max: int | None) -> jax.Array:
-    """One token per row from ``logits (B, V)``: argmax at temperature 0, else softmax(l/T) over the top k.
+def sample_tokens(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_k: jax.Array, k_max: int | None) -> jax.Array:
+    """One token per row of ``logits (B, V)``, row keys ``(B, 2)``: argmax at temperature 0, else softmax(l/T) over the top k.
 
-    ``temperature`` and ``top_k`` are traced, so changing them does not
-    recompile. ``k_max`` (static, >= top_k) is the width of ``lax.top_k``;
-    candidates ranked past ``top_k`` are masked to -inf. ``k_max=None`` samples
-    from the full distribution (nanochat's ``top_k=None``).
+    Each row draws with its own key, so a row's token does not depend on the
+    other rows. ``temperature`` and ``top_k`` are traced, so changing them does
+    not recompile; at temperature 0 a ``lax.cond`` skips the sampling work.
+    ``k_max`` (static, >= top_k) is the width of ``lax.top_k``; candidates
+    ranked past ``top_k`` are masked to -inf. ``k_max=None`` samples from the
+    full distribution (nanochat's ``top_k=None``).
     """
-    greedy = jnp.argmax(logits, axis=-1)
-    safe_t = jnp.where(temperature > 0, temperature, 1.0).astype(logits.dtype)
-    if k_max is not None:
-        vals, idx = jax.lax.top_k(logits, k_max)
+
+    def one_row(row, key):
+        if k_max is None:
+            return jax.random.categorical(key, row / temperature)
+        vals, idx = jax.lax.top_k(row, k_max)
         vals = jnp.where(jnp.arange(k_max) < top_k, vals, -jnp.inf)
-        choice = jax.random.categorical(key, vals / safe_t, axis=-1)
-        sampled = jnp.take_along_axis(idx, choice[:, None], axis=-1)[:, 0]
-    else:
-        sampled = jax.random.categorical(key, logits / safe_t, axis=-1)
-    return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+        return idx[jax.random.categorical(key, vals / temperature)]
+
+    sample = lambda: jax.vmap(one_row)(logits, keys).astype(jnp.int32)
+    return jax.lax.cond(temperature > 0, sample, lambda: jnp.argmax(logits, axis=-1).astype(jnp.int32))
 
 
 def top_k_width(top_k: int | None, vocab_size: int) -> int | None:
@@ -176,22 +202,45 @@ def top_k_width(top_k: int | None, vocab_size: int) -> int | None:
 # --------------------------------------------------------------------------- compiled prefill and decode
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "t_max", "num_samples"))
-def _prefill_jit(graphdef, state, tokens, length, *, t_max, num_samples):
-    """Batch-1 prefill of ``tokens (1, P_b)`` (real length ``length``), replicated to ``num_samples`` rows."""
+def _constrain_rows(ds: DecodeState, mesh) -> DecodeState:
+    """Rows split over the mesh's data axis (the cache's batch axis is axis 1)."""
+    if mesh is None:
+        return ds
+    on = lambda a, spec: jax.lax.with_sharding_constraint(a, NamedSharding(mesh, spec))
+    rows0, rows1 = PartitionSpec(sharding.DATA_AXIS), PartitionSpec(None, sharding.DATA_AXIS)
+    c = ds.cache
+    cache = KVCache(on(c.k, rows1), on(c.v, rows1), c.pos, on(c.start, rows0))
+    return DecodeState(cache, on(ds.logits, rows0), on(ds.done, rows0), on(ds.keys, rows0))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "t_max", "mesh"))
+def _prefill_jit(graphdef, state, tokens, lengths, rows, samples, seeds, done, *, t_max, mesh):
+    """Prefill ``tokens (N, P_b)`` (prompt i right-padded from length ``lengths[i]``), then lay out B cache rows.
+
+    Cache row b is sample ``samples[b]`` of prompt ``rows[b]``; each prompt's
+    K/V are rolled right by ``L - length`` so that all prompts end at slot
+    ``L = max(lengths)``, the shared write position. ``done`` marks padding rows.
+    """
     model = nnx.merge(graphdef, state)
-    cache = init_cache(model.config, 1, t_max)
+    N, P_b = tokens.shape
+    cache = init_cache(model.config, N, P_b)
     x, cache = _run_layers(model, model.embed(tokens), cache, fresh=True)
-    last = jax.lax.dynamic_slice_in_dim(x, length - 1, 1, axis=1)
+    last = jnp.take_along_axis(x, (lengths - 1)[:, None, None], axis=1)
     logits = model.logits_from_hidden(last)[:, 0]
-    rows = lambda a: jnp.repeat(a, num_samples, axis=1)
-    cache = KVCache(rows(cache.k), rows(cache.v), length.astype(jnp.int32))
-    logits = jnp.broadcast_to(logits, (num_samples, logits.shape[-1]))
-    return DecodeState(cache, logits, jnp.zeros((num_samples,), bool))
+    L = jnp.max(lengths)
+    shift = L - lengths
+
+    def place(a):
+        a = jax.vmap(lambda row, s: jnp.roll(row, s, axis=1), in_axes=(1, 0), out_axes=1)(a, shift)
+        return jnp.pad(jnp.take(a, rows, axis=1), ((0, 0), (0, 0), (0, t_max - P_b), (0, 0), (0, 0)))
+
+    keys = jax.vmap(lambda s, j: jax.random.fold_in(jax.random.PRNGKey(s), j))(seeds, samples)
+    cache = KVCache(place(cache.k), place(cache.v), L.astype(jnp.int32), shift[rows].astype(jnp.int32))
+    return _constrain_rows(DecodeState(cache, logits[rows], done, keys), mesh)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "chunk", "k_max"), donate_argnames=("dstate",))
-def _decode_jit(graphdef, state, dstate, queue, q_len, q_pos, key, step0, n_steps, temperature, top_k, special, *, chunk, k_max):
+def _decode_jit(graphdef, state, dstate, queue, q_len, q_pos, step0, n_steps, temperature, top_k, special, *, chunk, k_max):
     """Up to ``n_steps <= chunk`` decode steps: each takes the row's forced token if it has one, else samples.
 
     The loop ends early once every row is done or a live row emitted
@@ -205,6 +254,7 @@ def _decode_jit(graphdef, state, dstate, queue, q_len, q_pos, key, step0, n_step
     B = dstate.logits.shape[0]
     end_id, bos_id, py_end_id = special[0], special[1], special[2]
     F = queue.shape[1]
+    fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
 
     def cond(carry):
         i, _, _, _, _, stop = carry
@@ -212,7 +262,7 @@ def _decode_jit(graphdef, state, dstate, queue, q_len, q_pos, key, step0, n_step
 
     def body(carry):
         i, ds, q_pos, toks, masks, _ = carry
-        sampled = sample_tokens(ds.logits, jax.random.fold_in(key, step0 + i), temperature, top_k, k_max)
+        sampled = sample_tokens(ds.logits, fold(ds.keys, step0 + i), temperature, top_k, k_max)
         forced = q_pos < q_len
         forced_tok = jnp.take_along_axis(queue, jnp.minimum(q_pos, F - 1)[:, None], axis=1)[:, 0]
         tok = jnp.where(forced, forced_tok, sampled)
@@ -223,7 +273,7 @@ def _decode_jit(graphdef, state, dstate, queue, q_len, q_pos, key, step0, n_step
         done = ds.done | (tok == end_id) | (tok == bos_id)
         logits, cache = forward_cached(model, tok[:, None], ds.cache)
         stop = jnp.all(done) | jnp.any(tool_call)
-        return i + 1, DecodeState(cache, logits[:, 0], done), q_pos, toks, masks, stop
+        return i + 1, DecodeState(cache, logits[:, 0], done, ds.keys), q_pos, toks, masks, stop
 
     toks0 = jnp.zeros((B, chunk), jnp.int32)
     init = (jnp.zeros((), jnp.int32), dstate, q_pos, toks0, toks0, jnp.zeros((), bool))
@@ -242,27 +292,27 @@ def _cast_params(state, dtype):
 class _RowTools:
     """nanochat's per-row tool state: collect python tokens, produce forced output tokens."""
 
-    __slots__ = ("expr", "in_python")
-
     def __init__(self):
-        self.in_python = False
-        self.expr: list[int] = []
+        self.in_python, self.expr = False, []
 
 
 class Engine:
-    """nanochat's ``Engine`` API over the compiled cache/decode programs above.
+    """nanochat's ``Engine`` API over the compiled cache/decode programs above, for one prompt or many.
 
-    The model's weights are read at every :meth:`generate` call, so an engine
+    The model's weights are read at every generation call, so an engine
     built once keeps sampling from a model that is being trained (RL).
+    ``mesh``: cache rows are split over its data axis (padded to a multiple
+    of its size), so each device decodes its share of the rows.
     """
 
-    def __init__(self, model: GPT, tokenizer, *, chunk_size: int = DEFAULT_CHUNK, forced_queue: int = FORCED_QUEUE):
+    def __init__(self, model: GPT, tokenizer, *, chunk_size: int = DEFAULT_CHUNK, forced_queue: int = FORCED_QUEUE, mesh=None):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.model = model
         self.tokenizer = tokenizer
         self.chunk_size = int(chunk_size)
         self.forced_queue = int(forced_queue)
+        self.mesh = mesh
         enc = tokenizer.encode_special
         self.bos = tokenizer.get_bos_token_id()
         self.assistant_end = enc("<|assistant_end|>")
@@ -278,18 +328,17 @@ class Engine:
         dtype = jnp.dtype(self.model.config.compute_dtype)
         if dtype != jnp.dtype(jnp.float32):
             state = _cast_params(state, dtype)
-        return graphdef, state
+        return graphdef, state if self.mesh is None else jax.device_put(state, sharding.replicated(self.mesh))
 
     def plan(self, prompt_len: int, max_tokens: int | None) -> tuple[int, int]:
-        """(max_tokens, T_max bucket) for a prompt; checks the rotary-table limit."""
+        """(max_tokens, T_max bucket) for a (longest) prompt; checks the rotary-table limit."""
         cfg = self.model.config
         limit = 10 * cfg.sequence_len  # rows of the rotary tables
         if max_tokens is None:
             # nanochat HEAD sizes the cache to sequence_len when no budget is given.
             if prompt_len >= cfg.sequence_len:
-                raise ValueError(
-                    f"prompt of {prompt_len} tokens fills the model's context ({cfg.sequence_len}); pass max_tokens explicitly"
-                )
+                raise ValueError(f"prompt of {prompt_len} tokens fills the model's context ({cfg.sequence_len}); "
+                                 "pass max_tokens explicitly")
             max_tokens = cfg.sequence_len - prompt_len
         if max_tokens < 0:
             raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
@@ -297,16 +346,33 @@ class Engine:
             raise ValueError(f"prompt ({prompt_len}) + max_tokens ({max_tokens}) exceeds {limit} positions (10 x sequence_len)")
         return max_tokens, bucket(prompt_len + max(max_tokens, 1), MIN_CACHE_BUCKET, limit)
 
-    def prefill(self, params, tokens: Sequence[int], num_samples: int, t_max: int) -> DecodeState:
-        """Run the prompt once (batch 1, padded to its bucket) and replicate it into ``num_samples`` rows."""
-        P = len(tokens)
-        p_b = bucket(P, MIN_PROMPT_BUCKET, t_max)
-        padded = np.zeros((1, p_b), np.int32)
-        padded[0, :P] = tokens
-        graphdef, state = params
-        return _prefill_jit(graphdef, state, padded, np.int32(P), t_max=t_max, num_samples=num_samples)
+    def num_rows(self, num_prompts: int, num_samples: int) -> int:
+        """Cache rows for ``num_prompts x num_samples`` samples: a bucket, a multiple of the mesh's devices."""
+        devices = 1 if self.mesh is None else self.mesh.shape[sharding.DATA_AXIS]
+        return -(-bucket(num_prompts * num_samples, 1) // devices) * devices
 
-    def decode(self, params, dstate, queue, q_len, q_pos, key, step0, n_steps, temperature, top_k, special=None):
+    def prefill(self, params, prompts: Sequence[Sequence[int]], num_samples: int, t_max: int, seeds: Sequence[int] | None = None):
+        """Run every prompt once (their count and length padded to buckets) and lay out ``num_samples`` rows each.
+
+        Rows are prompt-major (row ``i * num_samples + j``); rows past the
+        real ones are padding, marked done from the start.
+        """
+        n, real, B = len(prompts), len(prompts) * num_samples, self.num_rows(len(prompts), num_samples)
+        lengths = np.ones((bucket(n, 1),), np.int32)  # padding prompts: one <|bos|>
+        lengths[:n] = [len(p) for p in prompts]
+        tokens = np.full((len(lengths), bucket(lengths.max(), MIN_PROMPT_BUCKET, t_max)), self.bos, np.int32)
+        for i, p in enumerate(prompts):
+            tokens[i, : len(p)] = p
+        seeds = [DEFAULT_SEED] * n if seeds is None else [int(s) % 2**32 for s in seeds]
+        padded = lambda a, dtype: np.concatenate([np.asarray(a, dtype), np.zeros((B - real,), dtype)])
+        rows = padded(np.repeat(np.arange(n), num_samples), np.int32)
+        samples = padded(np.tile(np.arange(num_samples), n), np.int32)
+        row_seeds = padded(np.repeat(seeds, num_samples), np.uint32)
+        done = np.arange(B) >= real
+        graphdef, state = params
+        return _prefill_jit(graphdef, state, tokens, lengths, rows, samples, row_seeds, done, t_max=t_max, mesh=self.mesh)
+
+    def decode(self, params, dstate, queue, q_len, q_pos, step0, n_steps, temperature, top_k, special=None):
         """One compiled chunk of up to ``n_steps`` tokens; ``dstate`` is donated (its buffers are reused).
 
         Python scalars are passed as numpy scalars so that changing them
@@ -316,67 +382,43 @@ class Engine:
         if special is None:
             special = np.array([self.assistant_end, self.bos, self.python_end], np.int32)
         vocab = self.model.config.vocab_size
-        k_max = top_k_width(top_k, vocab)
-        return _decode_jit(
-            graphdef,
-            state,
-            dstate,
-            queue,
-            q_len,
-            q_pos,
-            key,
-            np.int32(step0),
-            np.int32(n_steps),
-            np.float32(temperature),
-            np.int32(min(top_k or vocab, vocab)),
-            special,
-            chunk=self.chunk_size,
-            k_max=k_max,
-        )
+        scalars = np.int32(step0), np.int32(n_steps), np.float32(temperature), np.int32(min(top_k or vocab, vocab))
+        return _decode_jit(graphdef, state, dstate, queue, q_len, q_pos, *scalars, special,
+                           chunk=self.chunk_size, k_max=top_k_width(top_k, vocab))
 
-    # -- nanochat's API ------------------------------------------------------------
-    def generate(
-        self,
-        tokens: Sequence[int],
-        num_samples: int = 1,
-        max_tokens: int | None = None,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        seed: int = 42,
-    ) -> Iterator[tuple[list[int], list[int]]]:
-        """Yield ``(token_column, mask_column)`` per step; mask 1 = sampled, 0 = forced by the tool.
-
-        Stops after ``max_tokens`` steps or once every row has emitted
-        ``<|assistant_end|>``/``<|bos|>`` (that last column is yielded).
-        """
-        tokens = [int(t) for t in tokens]
-        if not tokens:
-            raise ValueError("generate needs at least one prompt token (e.g. <|bos|>)")
-        validate_tokens(np.asarray([tokens], np.int32), self.model.config, "tokens")
+    # -- generation ----------------------------------------------------------------
+    def _columns(self, prompts, num_samples, max_tokens, temperature, top_k, seeds) -> Iterator[tuple[list[int], list[int]]]:
+        """The shared loop: one ``(token_column, mask_column)`` per step over the real rows (prompt-major)."""
+        prompts = [[int(t) for t in p] for p in prompts]
+        if not prompts or not all(prompts):
+            raise ValueError("generation needs at least one prompt, each with at least one token (e.g. <|bos|>)")
+        for i, p in enumerate(prompts):
+            validate_tokens(np.asarray([p], np.int32), self.model.config, f"prompt {i}")
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts; pass one seed per prompt")
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         top_k = None if top_k is None or top_k <= 0 else int(top_k)
-        max_tokens, t_max = self.plan(len(tokens), max_tokens)
+        max_tokens, t_max = self.plan(max(map(len, prompts)), max_tokens)
         if max_tokens == 0:
             return
 
         params = self.params()
-        B, F = num_samples, self.forced_queue
-        dstate = self.prefill(params, tokens, B, t_max)
-        key = jax.random.PRNGKey(seed)
+        dstate = self.prefill(params, prompts, num_samples, t_max, seeds)
+        real, B, F = len(prompts) * num_samples, dstate.logits.shape[0], self.forced_queue
         queue = np.zeros((B, F), np.int32)
         q_len = np.zeros((B,), np.int32)
         q_pos = np.zeros((B,), np.int32)
-        rows = [_RowTools() for _ in range(B)]
-        completed = [False] * B
+        rows = [_RowTools() for _ in range(real)]
+        completed = [False] * real
         step = 0
         while step < max_tokens:
             n_req = min(self.chunk_size, max_tokens - step)
-            dstate, q_pos_dev, toks, masks, n = self.decode(params, dstate, queue, q_len, q_pos, key, step, n_req, temperature, top_k)
+            dstate, q_pos_dev, toks, masks, n = self.decode(params, dstate, queue, q_len, q_pos, step, n_req, temperature, top_k)
             n = int(n)
-            toks, masks = np.asarray(toks)[:, :n], np.asarray(masks)[:, :n]
+            toks, masks = np.asarray(toks)[:real, :n], np.asarray(masks)[:real, :n]
             q_pos = np.array(q_pos_dev)
             for j in range(n):
                 column, mask_column = toks[:, j].tolist(), masks[:, j].tolist()
@@ -413,24 +455,43 @@ class Engine:
             row.expr.append(tok)
         return None
 
-    def generate_batch(self, tokens: Sequence[int], num_samples: int = 1, **sampling) -> tuple[list[list[int]], list[list[int]]]:
-        """Full sequences (prompt included, terminal token excluded) and masks (prompt = 0).
+    def generate(self, tokens: Sequence[int], num_samples: int = 1, max_tokens: int | None = None, temperature: float = 1.0,
+                 top_k: int | None = None, seed: int = DEFAULT_SEED) -> Iterator[tuple[list[int], list[int]]]:
+        """nanochat's API: yield ``(token_column, mask_column)`` per step; mask 1 = sampled, 0 = forced by the tool.
 
-        ``sampling``: ``max_tokens``, ``temperature``, ``top_k``, ``seed``, as ``generate``.
+        Stops after ``max_tokens`` steps or once every row has emitted
+        ``<|assistant_end|>``/``<|bos|>`` (that last column is yielded).
         """
-        tokens = [int(t) for t in tokens]
-        results = [list(tokens) for _ in range(num_samples)]
-        masks = [[0] * len(tokens) for _ in range(num_samples)]
-        completed = [False] * num_samples
-        for column, mask_column in self.generate(tokens, num_samples, **sampling):
+        yield from self._columns([tokens], num_samples, max_tokens, temperature, top_k, [seed])
+
+    def generate_multi(self, prompts: Sequence[Sequence[int]], num_samples: int = 1, *, max_tokens: int | None,
+                       temperature: float = 1.0, top_k: int | None = None, seeds: Sequence[int] | None = None):
+        """All prompts decoded together: ``results[i][j]`` is sample j of prompt i, as ``generate_batch``'s rows.
+
+        Sequences include the prompt and exclude the terminal token; masks are
+        0 on the prompt and on forced tool output, 1 on sampled tokens.
+        ``seeds[i]`` (default 42 each) seeds prompt i's samples.
+        """
+        S = num_samples
+        results = [[list(map(int, p)) for _ in range(S)] for p in prompts]
+        masks = [[[0] * len(p) for _ in range(S)] for p in prompts]
+        completed = [False] * (len(prompts) * S)
+        for column, mask_column in self._columns(prompts, S, max_tokens, temperature, top_k, seeds):
             for r, (tok, m) in enumerate(zip(column, mask_column)):
                 if completed[r]:
                     continue
                 if tok == self.assistant_end or tok == self.bos:
                     completed[r] = True
                 else:
-                    results[r].append(tok)
-                    masks[r].append(m)
-            if all(completed):
-                break
+                    results[r // S][r % S].append(tok)
+                    masks[r // S][r % S].append(m)
         return results, masks
+
+    def generate_batch(self, tokens: Sequence[int], num_samples: int = 1, *, seed: int = DEFAULT_SEED, **sampling):
+        """nanochat's API: full sequences (prompt included, terminal token excluded) and masks (prompt = 0).
+
+        ``sampling``: ``max_tokens``, ``temperature``, ``top_k``, as ``generate``.
+        """
+        sampling.setdefault("max_tokens", None)
+        results, masks = self.generate_multi([tokens], num_samples, seeds=[seed], **sampling)
+        return results[0], masks[0]

@@ -356,8 +356,19 @@ class GPT(nnx.Module):
             validate_tokens(targets, cfg, "targets", allow_ignore=True)
             if targets.shape != idx.shape:
                 raise ValueError(f"targets shape {targets.shape} != idx shape {idx.shape}")
-        T = idx.shape[1]
-        cos, sin = rotary_slice(cfg, T)
+        x = self.hidden_states(idx)
+        if targets is None:
+            return self.logits_from_hidden(x)
+        if 0 < cfg.ce_chunk_size < idx.shape[1]:
+            nll = chunked_token_nll(x, self.lm_head[...], targets, cfg.vocab_size, cfg.ce_chunk_size)
+        else:
+            nll = token_nll(self.logits_from_hidden(x), targets)
+        return reduce_nll(nll, targets, loss_reduction)
+
+    def hidden_states(self, idx: jax.Array) -> jax.Array:
+        """The last block's output ``(B, T, C)``, before the final norm and head (scoring a few positions needs only those)."""
+        cfg = self.config
+        cos, sin = rotary_slice(cfg, idx.shape[1])
         x = self.embed(idx)
 
         def layer(x, p):
@@ -370,14 +381,7 @@ class GPT(nnx.Module):
         else:
             for i in range(cfg.n_layer):
                 x = layer(x, {k: v[i] for k, v in params.items()})
-
-        if targets is None:
-            return self.logits_from_hidden(x)
-        if 0 < cfg.ce_chunk_size < T:
-            nll = chunked_token_nll(x, self.lm_head[...], targets, cfg.vocab_size, cfg.ce_chunk_size)
-        else:
-            nll = token_nll(self.logits_from_hidden(x), targets)
-        return reduce_nll(nll, targets, loss_reduction)
+        return x
 
 
 def validate_tokens(idx: Any, config: GPTConfig, name: str = "idx", allow_ignore: bool = False) -> None:

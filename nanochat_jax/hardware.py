@@ -55,9 +55,9 @@ def peak_memory_bandwidth(device=None) -> float | None:
     return _lookup(PEAK_MEMORY_BANDWIDTH, device)
 
 
-def mfu(flops_per_token: float, tokens: float, seconds: float, num_devices: int | None = None) -> float | None:
-    """Model FLOPs utilisation in [0, 1], or None where the peak is unknown."""
-    peak = peak_flops()
+def mfu(flops_per_token: float, tokens: float, seconds: float, num_devices: int | None = None, device=None) -> float | None:
+    """Model FLOPs utilisation in [0, 1] of ``num_devices`` (default: all) like ``device`` (default: device 0); None where the peak is unknown."""
+    peak = peak_flops(device)
     if peak is None or seconds <= 0:
         return None
     num_devices = num_devices or jax.device_count()

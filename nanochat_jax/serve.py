@@ -19,7 +19,9 @@ import jax
 import uvicorn
 from pydantic import ValidationError
 
+from nanochat_jax import cli
 from nanochat_jax.checkpoint import STAGE_DIRS, CheckpointNotFoundError, load_model
+from nanochat_jax.errors import UsageError
 from nanochat_jax.demo import demo_model_and_tokenizer
 from nanochat_jax.hardware import default_compute_dtype
 from nanochat_jax.serve_app import create_app, logger
@@ -84,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     devices = jax.local_devices()
     if args.num_devices is not None:
         if not 1 <= args.num_devices <= len(devices):
-            raise SystemExit(f"--num-devices must be between 1 and {len(devices)} (local devices: {devices})")
+            raise UsageError(f"--num-devices must be between 1 and {len(devices)} (local devices: {devices})")
         devices = devices[: args.num_devices]
 
     if args.demo:
@@ -95,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             dtype = args.dtype or default_compute_dtype()
             model, tokenizer, meta = load_model(args.source, model_tag=args.model_tag, step=args.step, compute_dtype=dtype)
         except CheckpointNotFoundError as e:
-            raise SystemExit(f"{e}\n(or try the UI without a checkpoint: python -m nanochat_jax.serve --demo)") from None
+            raise CheckpointNotFoundError(f"{e} (or try the UI without a checkpoint: python -m nanochat_jax.serve --demo)") from e
         info = {"source": args.source, "model_tag": args.model_tag, "step": meta.get("step", args.step)}
     info["dtype"] = str(model.config.compute_dtype)
 
@@ -109,4 +111,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.main(main)

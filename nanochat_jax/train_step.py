@@ -32,10 +32,15 @@ def lm_loss(model: GPT, batch: dict) -> jax.Array:
 
 
 def policy_gradient_loss(model: GPT, batch: dict) -> jax.Array:
-    """REINFORCE: ``-sum(logp * weight) / num_valid`` over targets >= 0 (nanochat's token-level RL objective)."""
+    """REINFORCE: ``-sum(logp * weight)`` over targets >= 0, the weights carrying the advantage *and* the normalisation.
+
+    nanochat divides each pass (one rank's ``device_batch_size`` rows) by that
+    pass's own valid-token count; a global micro-batch here spans several
+    passes, so the batch builder (``nanochat_jax.rl``) folds each pass's count
+    into its rows' weights rather than the loss dividing by the micro-batch's.
+    """
     nll = model(batch["inputs"], batch["targets"], loss_reduction="none")
-    valid = batch["targets"] >= 0
-    return jnp.sum(jnp.where(valid, nll * batch["weights"], 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+    return jnp.sum(jnp.where(batch["targets"] >= 0, nll * batch["weights"], 0.0))
 
 
 LOSSES: dict[str, Callable[[GPT, dict], jax.Array]] = {"lm": lm_loss, "pg": policy_gradient_loss}

@@ -11,6 +11,8 @@ rate sees the data progress after fetching batch s+1, and a source that runs
 out ends the run before the batch that crossed the end is trained, as in
 nanochat's mid_train. A checkpoint stores the data state *before* the held
 batch, so a resumed run fetches exactly the batch it would have trained next.
+An on-policy stage (RL) instead samples each step's batch from the params the
+previous step produced, so its batches are fetched just before their step.
 """
 
 from __future__ import annotations
@@ -54,6 +56,13 @@ class BatchSource(Protocol):
     def close(self) -> None: ...
 
 
+class PolicySource(BatchSource, Protocol):
+    """An on-policy stage's source: its batches are sampled from the params it was last given."""
+
+    def set_policy(self, graphdef: nnx.GraphDef, params: Any) -> None: ...
+    def scalars(self) -> dict[str, float]: ...  # host-side numbers of the last step's batch (e.g. mean reward), logged with it
+
+
 @dataclasses.dataclass
 class EvalContext:
     step: int
@@ -86,6 +95,7 @@ class Stage:
     evals: Sequence[Periodic] = ()
     loss: str = "lm"
     save_optimizer: bool = True
+    on_policy: bool = False  # no prefetch: the source (a PolicySource) samples step s from the params after s-1
     meta: dict = dataclasses.field(default_factory=dict)  # extra fields for every checkpoint's meta
 
 
@@ -220,10 +230,11 @@ class Trainer:
         self.loop = {"smooth_train_loss": 0.0, "total_training_time": 0.0, "mfu_sum": 0.0, "mfu_count": 0, "min": {}, "last": {}}
         self.start_step, data_state = self._restore()
         self.source = stage.open_batches(data_state)
-        self.held: _Held | None = None
-        self.held = self._fetch()
+        self.held: _Held | None = None  # the prefetched next batch (always None for an on-policy stage)
+        if not stage.on_policy:
+            self.held = self._fetch()
         self.logger = MetricsLogger(self.run_dir, tensorboard=cfg.log.tensorboard)
-        self.pending = None  # (step, metrics on device, lrm) of the last dispatched step
+        self.pending = None  # (step, metrics on device, lrm, source scalars) of the last dispatched step
         self.last_time = time.time()
 
     # -- state ------------------------------------------------------------------
@@ -241,7 +252,7 @@ class Trainer:
             step, abstract_params=abstract_params(self.stage.model_config, sharding.replicated(self.mesh)),
             abstract_opt_state=abstract_opt,
         )  # fmt: skip
-        self.state = TrainState(restored["params"], restored["opt_state"])
+        self.state, step, meta = TrainState(restored["params"], restored["opt_state"]), restored["step"], restored["meta"]
         self.loop.update(meta["loop_state"])
         print0(f"Resumed from {self.ckpt_dir} step {step}")
         return step, meta["data_state"]
@@ -254,7 +265,7 @@ class Trainer:
             "model_config": self.stage.model_config.model_config_dict(),
             "user_config": self.stage.cfg.to_dict(),
             "evals": self.loop["last"],
-            "data_state": self.held.state_before,
+            "data_state": self.held.state_before if self.held else self.source.get_state(),
             "loop_state": self.loop,
             "has_opt_state": self.stage.save_optimizer,
         }
@@ -273,18 +284,23 @@ class Trainer:
 
     # -- one step ---------------------------------------------------------------
     def _train_one(self, step: int) -> None:
-        held, self.held = self.held, self._fetch()
-        lrm, momentum = self.stage.schedule(step, self.held.progress)
+        if self.stage.on_policy:
+            self.source.set_policy(self.graphdef, self.state.params)
+            held = self._fetch()
+            extra = self.source.scalars()
+        else:
+            held, self.held, extra = self.held, self._fetch(), {}
+        lrm, momentum = self.stage.schedule(step, (self.held or held).progress)
         batch = {k: sharding.make_global_microbatches(v, self.mesh) for k, v in held.batch.items()}
         self.state, metrics = self.step_fn(self.state, batch, np.float32(lrm), np.float32(momentum))
         self._read_pending()
-        self.pending = (step, metrics, lrm)
+        self.pending = (step, metrics, lrm, extra)
 
     def _read_pending(self) -> None:
         """Read the previous step's metrics (already computed), check them and log them."""
         if self.pending is None:
             return
-        step, metrics, lrm = self.pending
+        step, metrics, lrm, extra = self.pending
         self.pending = None
         loss = float(metrics["loss"])
         now = time.time()
@@ -309,19 +325,21 @@ class Trainer:
                    "train/tok_per_sec": tokens / dt, "train/grad_norm": float(metrics["grad_norm"])}  # fmt: skip
         if mfu is not None:
             scalars["train/mfu"] = mfu
+        scalars.update(extra)
         self.logger.log(step, scalars)
         if step % self.stage.cfg.log.log_every == 0 or step + 1 == self.stage.num_steps:
             self._print_step(step, scalars, dt)
 
     def _print_step(self, step: int, scalars: dict, dt: float) -> None:
         n = self.stage.num_steps
-        done = (step + 1) / n if n else self.held.progress
+        done = (step + 1) / n if n else (self.held or self.source).progress
         remaining = (n - step - 1) * dt if n else (step + 1 - self.start_step) * dt * (1 - done) / max(done, 1e-9)
         mfu = f"{100 * scalars['train/mfu']:.2f}%" if "train/mfu" in scalars else "n/a"
+        extra = "".join(f" | {k} {v:.4f}" for k, v in scalars.items() if not k.startswith("train/"))  # e.g. RL's mean reward
         print0(
             f"step {step:05d}/{f'{n:05d}' if n else 'epoch'} ({100 * done:5.1f}%) | loss {scalars['train/loss']:.6f} | "
             f"lrm {scalars['train/lrm']:.3f} | dt {1000 * dt:.1f}ms | tok/s {scalars['train/tok_per_sec']:,.0f} | "
-            f"mfu {mfu} | eta {format_eta(remaining)}"
+            f"mfu {mfu} | eta {format_eta(remaining)}{extra}"
         )
 
     # -- cadence ----------------------------------------------------------------
@@ -358,7 +376,7 @@ class Trainer:
     def _is_last(self, step: int) -> bool:
         if self.stage.num_steps is not None:
             return step >= self.stage.num_steps
-        return bool(agree_max(int(self.held.exhausted)))
+        return bool(agree_max(int((self.held or self.source).exhausted)))
 
     def run(self) -> dict:
         """Train to the horizon (or a Ctrl-C); returns the summary (also printed)."""

@@ -1,111 +1,137 @@
-"""Calculator: correct arithmetic, nanochat's count form, and refusal of everything else.
+"""Calculator: parity with nanochat 8c89661's ``use_calculator``, and refusal of everything else.
 
-Malicious inputs are checked two ways: the call returns None, and the side
-effect the input would have had if executed (creating a file) did not happen.
-Python's ``eval``/``exec``/``compile`` are additionally replaced by traps for
-the duration of those tests, so an accidental call would fail loudly.
+``nanochat_use_calculator`` below is nanochat's tool written from its rules
+(shared/reference/nanochat.md section 8.1: strip commas; arithmetic
+characters without ``**``; else letters/digits/quotes/``()._``/space, a
+deny-list and ``.count(``; then ``eval`` with empty builtins). It runs only
+on this file's own harmless inputs. Malicious inputs are checked two ways:
+the call returns None, and the side effect the input would have had if
+executed (creating a file) did not happen, with ``eval``/``exec``/``compile``
+replaced by traps.
 """
 
 from __future__ import annotations
 
 import ast
 import builtins
-import time
+import random
+import warnings
 
 import pytest
 
-from nanochat_jax.calculator import evaluate
+from nanochat_jax.calculator import MAX_EXPR_CHARS, evaluate
+
+_DENY = ["__", "import", "exec", "eval", "compile", "open", "file", "input", "raw_input", "globals", "locals", "vars", "dir",
+         "getattr", "setattr", "delattr", "hasattr"]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "expr, want",
-    [
-        ("2 + 3", 5),
-        ("2+3*4", 14),
-        ("(2+3)*4", 20),
-        ("10 / 4", 2.5),
-        ("10 // 4", 2),
-        ("-7 // 2", -4),
-        ("10 % 4", 2),
-        ("-3 ** 2", -9),  # ** binds tighter than unary minus, as in Python
-        ("(-3) ** 2", 9),
-        ("2 ** -2", 0.25),
-        ("2 ** 10", 1024),
-        ("1,234 + 1", 1235),  # nanochat strips digit-group commas
-        ("1,000,000 * 3", 3000000),
-        ("3.5 * 2", 7.0),
-        ("0.1 + 0.2", 0.1 + 0.2),
-        ("+4 - -4", 8),
-        ("  12 *  (3 - 1) ", 24),
-        ("'strawberry'.count('r')", 3),
-        ('"banana".count("an")', 2),
-        ("'Mississippi'.count('s') * 2 + 1", 9),
-        ("'a,b,c'.count(',')", 2),  # commas inside quotes are kept
-        ("(" * 100 + "1" + ")" * 100, 1),  # parentheses alone add no depth
-    ],
-)
-def test_allowed(expr, want):
-    got = evaluate(expr)
-    assert got == want and type(got) is type(want)
+def nanochat_use_calculator(expr: str):
+    """nanochat's use_calculator, from its rules (reference only: it calls eval)."""
+    expr = expr.replace(",", "")
+    if all(c in "0123456789*+-/.() " for c in expr):
+        if "**" in expr:
+            return None
+    elif not all(c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789'\"()._ " for c in expr):
+        return None
+    elif any(w in expr.lower() for w in _DENY) or ".count(" not in expr:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SyntaxWarning)
+            return eval(expr, {"__builtins__": {}}, {})
+    except Exception:
+        return None
 
 
-@pytest.mark.parametrize(
-    "expr",
-    [
-        "",
-        "   ",
-        "1 / 0",
-        "5 % 0",
-        "2 +",
-        "x + 1",
-        "True + 1",
-        "None",
-        "'abc'",
-        "'abc' * 3",
-        "'abc' + 'd'",
-        "len('abc')",
-        "'abc'.upper()",
-        "'abc'.count('a', 1)",
-        "'abc'.count(x='a')",
-        "'abc'.count(1)",
-        "b'abc'.count(b'a')",
-        "(1).bit_length()",
-        "[1, 2][0]",
-        "{1: 2}",
-        "1 if 1 else 2",
-        "1 < 2",
-        "1 << 100",
-        "lambda: 1",
-        "f'{1}'",
-        "1j * 2",
-        "(-8) ** 0.5",  # complex result
-        "10 ** 400",  # over the integer bound
-        "9 ** 9 ** 9",  # refused before computing (would take ages/memory otherwise)
-        "2 ** 10 ** 10",
-        "1.5 ** 100000",
-        "1e400",  # inf literal
-        "1e308 * 10",  # overflows to inf
-        "(1+" * 60 + "1" + ")" * 60,  # nested deeper than MAX_DEPTH
-        "-" * 300 + "1",
-        "1+" * 300 + "1",  # too many nodes
-        "1" * 600,  # over the length cap
-    ],
-)
-def test_refused(expr):
+ACCEPTED = [
+    ("2 + 3", 5),
+    ("(2+3)*4", 20),
+    ("10 / 4", 2.5),
+    ("4 / 2", 2.0),
+    ("10 // 4", 2),
+    ("-7 // 2", -4),
+    ("1,234 + 1", 1235),  # digit-group commas
+    ("1,000,000 * 3", 3000000),
+    ("3.5 * 2", 7.0),
+    ("0.1 + 0.2", 0.1 + 0.2),
+    (".5 + 1.", 1.5),
+    ("+4 - -4", 8),
+    ("  12 *  (3 - 1) ", 24),
+    ("00", 0),
+    ("()", ()),
+    ("...", ...),
+    ("(" * 100 + "1" + ")" * 100, 1),
+    ("1+" * 300 + "1", 301),  # long sums, as nanochat
+    ("-" * 300 + "1", 1),
+    ("9" * 150 + " * " + "9" * 150, int("9" * 150) ** 2),  # a 300-digit result
+    ("'strawberry'.count('r')", 3),
+    ('"banana".count("an")', 2),
+    ("'Mississippi' .count( 's' )", 4),
+    ("'a,b,c'.count(',')", 4),  # commas go inside quotes too: 'abc'.count('')
+    ("'ab' 'c'.count('c')", 1),  # adjacent literals are one string
+    ("'a_b'.count('_')", 1),
+]
+
+REFUSED = [
+    "", "   ", "2**10", "2 ** 10", "10%3", "2.5e3", "1e5", "1_000", "'ab'.count('a')+1", "1+1\n2", "1 +\t1",
+    "2 +", "1 / 0", "1 // 0", "007", "-()", "... + 1", "(2)(3)", "x + 1", "True + 1", "len('abc')", "'abc'",
+    "1 < 2", "[1][0]", "{1: 2}", "'file'.count('f')", "'Directory'.count('d')", "'OPEN'.count('o')",
+    "'a__b'.count('_')", "'h\u00e9llo'.count('l')", "'abc'.count('a', 1)", "'abc'.count(1)", "1j * 2",
+    "10" * 200 + "/3",  # int / int too large for a float
+]  # fmt: skip
+
+# nanochat evaluates these; here they are refused on purpose (docs/DIVERGENCES.md).
+STRICTER = ["'abc'.upper().count('A')", "'a b a'.split().count('a')", "'aaa'.count('a') if True else 0", "1+" * 600 + "1"]
+
+
+@pytest.mark.parametrize("expr, want", ACCEPTED)
+def test_accepts_what_nanochat_accepts(expr, want):
+    ref, got = nanochat_use_calculator(expr), evaluate(expr)
+    assert ref == want and type(ref) is type(want)  # the reference agrees with the hand-computed value
+    assert got == want and type(got) is type(want) and str(got) == str(ref)
+
+
+@pytest.mark.parametrize("expr", REFUSED)
+def test_refuses_what_nanochat_refuses(expr):
+    assert nanochat_use_calculator(expr) is None
     assert evaluate(expr) is None
 
 
-def test_huge_power_is_refused_quickly():
-    t0 = time.perf_counter()
-    for expr in ["9 ** 9 ** 9", "99999999999 ** 99999999999", "(10 ** 99) ** (10 ** 99)", "2 ** 3 ** 4 ** 5"]:
-        assert evaluate(expr) is None
-    assert time.perf_counter() - t0 < 0.5
+@pytest.mark.parametrize("expr", STRICTER)
+def test_deliberately_stricter(expr):
+    assert nanochat_use_calculator(expr) is not None
+    assert evaluate(expr) is None
+    assert len(expr) <= MAX_EXPR_CHARS or expr == STRICTER[-1]
 
 
-def test_deadline_bounds_evaluation():
-    # Every node checks the deadline; an expired one refuses even valid input.
-    assert evaluate("1 + 2 * 3", timeout=-1.0) is None
-    assert evaluate("1 + 2 * 3", timeout=5.0) == 7
+def test_random_expressions_match_nanochat():
+    """Short random strings over both alphabets: the same text from both, refusals included."""
+    rng = random.Random(0)
+    arith, words = "0123456789*+-/.() ,", ["'ab'", "'aab'", "'a'", "''", ".count(", ")", "(", " ", "'b'", "1", "+", "."]
+    exprs = ["".join(rng.choice(arith) for _ in range(rng.randint(1, 10))) for _ in range(3000)]
+    exprs += ["".join(rng.choice(words) for _ in range(rng.randint(1, 6))) for _ in range(1000)]
+    accepted = 0
+    for expr in exprs:
+        ref, got = nanochat_use_calculator(expr), evaluate(expr)
+        if set(expr) <= set(arith) or _literal_count(expr):
+            assert str(got) == str(ref), expr
+        else:  # other string-branch text: refused here even where nanochat's eval gives a value
+            assert got is None, expr
+        accepted += got is not None
+    assert accepted > 300  # the comparison is not all refusals
+
+
+def _literal_count(expr: str) -> bool:
+    """Whether ``expr`` (commas removed) parses as exactly ``'literal'.count('literal')``."""
+    try:
+        node = ast.parse(expr.replace(",", "").strip(" "), mode="eval").body
+    except SyntaxError:
+        return False
+    return (
+        isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "count"
+        and isinstance(node.func.value, ast.Constant) and type(node.func.value.value) is str and len(node.args) == 1
+        and not node.keywords and isinstance(node.args[0], ast.Constant) and type(node.args[0].value) is str
+    )  # fmt: skip
 
 
 @pytest.fixture

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from flax import nnx
 
+from model_helpers import greedy_decode
 from nanochat_jax import chat
+from nanochat_jax.checkpoint import CheckpointNotFoundError
 from nanochat_jax.gpt import GPT, GPTConfig
 from nanochat_jax.tokenizer import SPECIAL_TOKENS, Tokenizer
 
@@ -41,21 +42,9 @@ def model(tok):
     return m
 
 
-_forward = jax.jit(lambda graphdef, state, idx: nnx.merge(graphdef, state)(idx), static_argnums=0)
-
-
 def greedy_reply(model, ids, n=MAX_TOKENS) -> list[int]:
-    """Reference: n argmax steps of the full (uncached) forward."""
-    graphdef, state = nnx.split(model)
-    ids = list(ids)
-    out = []
-    for _ in range(n):
-        buf = np.zeros((1, REF_T), np.int32)
-        buf[0, : len(ids)] = ids
-        t = int(np.argmax(np.asarray(_forward(graphdef, state, buf))[0, len(ids) - 1]))
-        ids.append(t)
-        out.append(t)
-    return out
+    """Reference: n argmax steps of the full (uncached) forward, not the Engine the CLI runs."""
+    return greedy_decode(model, ids, n)
 
 
 def user_turn(tok, text):
@@ -112,12 +101,11 @@ def test_one_shot_prompt_from_checkpoint(tok, model, tmp_path, monkeypatch, caps
     assert capsys.readouterr().out == tok.decode(reply) + "\n"
 
 
-def test_missing_checkpoint_is_a_clear_error(tmp_path, monkeypatch, capsys):
+def test_missing_checkpoint_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("NANOCHAT_JAX_BASE_DIR", str(tmp_path))
-    assert chat.main(["-p", "hi"]) == 2
-    err = capsys.readouterr().err
-    assert str(tmp_path / "chatsft_checkpoints") in err
-    assert chat.CREATE_HINTS["sft"] in err
+    with pytest.raises(CheckpointNotFoundError) as info:
+        chat.main(["-p", "hi"])
+    assert str(tmp_path / "chatsft_checkpoints") in str(info.value) and "python -m train.sft" in str(info.value)
 
 
 def test_module_entry_point_reports_missing_checkpoint(tmp_path):
@@ -132,6 +120,7 @@ def test_module_entry_point_reports_missing_checkpoint(tmp_path):
         timeout=120,
         check=False,
     )
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
     assert str(tmp_path / "base_checkpoints") in proc.stderr
     assert "python -m train.pretrain" in proc.stderr

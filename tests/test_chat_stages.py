@@ -18,7 +18,7 @@ from train import mid, pretrain, sft
 BASE = ["--config=configs/tiny.py", "--config.model.depth=1", "--config.model.max_seq_len=64",
         "--config.loop.device_batch_size=1", "--config.loop.total_batch_size=512", "--config.loop.num_iterations=2",
         "--config.data.tokenizer_vocab_size=320", "--config.data.tokenizer_max_chars=300000", "--config.loop.eval_every=-1",
-        "--config.loop.sample_every=-1", "--config.loop.save_every=-1", "--config.loop.model_tag=t",
+        "--config.loop.sample_every=-1", "--config.loop.save_every=-1", "--config.loop.model_tag=t", "--config.loop.core_metric_every=-1",
         "--config.data.tokenizer_threads=1", "--config.log.tensorboard=False"]  # fmt: skip
 COMMON = ["--config.model.max_seq_len=64", "--config.loop.device_batch_size=1", "--config.loop.num_iterations=6",
           "--config.loop.eval_every=3", "--config.log.tensorboard=False", "--config.log.log_every=1"]  # fmt: skip

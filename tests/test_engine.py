@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from decode_reference import naive_chat_greedy, scripted_gpt
 from nanochat_jax import engine as E
+from nanochat_jax import sharding
 from nanochat_jax.gpt import GPT, GPTConfig
 from nanochat_jax.tokenizer import SPECIAL_TOKENS, Tokenizer
 
@@ -126,7 +128,7 @@ def test_prefill_bucket_padding_and_replication(tok, model):
     eng = E.Engine(model, tok)
     prompt = prompt_ids(tok)
     assert E.bucket(len(prompt), E.MIN_PROMPT_BUCKET) > len(prompt)  # padding really happens
-    ds = eng.prefill(eng.params(), prompt, num_samples=4, t_max=64)
+    ds = eng.prefill(eng.params(), [prompt], num_samples=4, t_max=64)
     ref = full_logits(model, prompt)[-1]
     logits = np.asarray(ds.logits)
     assert logits.shape == (4, tok.get_vocab_size())
@@ -175,7 +177,7 @@ def test_bfloat16_compute(tok):
     eng = E.Engine(model, tok, chunk_size=8)
     params = eng.params()
     assert {leaf.dtype for leaf in jax.tree.leaves(params[1])} == {jnp.dtype(jnp.bfloat16)}
-    ds = eng.prefill(params, prompt, num_samples=4, t_max=64)
+    ds = eng.prefill(params, [prompt], num_samples=4, t_max=64)
     assert ds.cache.k.dtype == jnp.bfloat16 and ds.logits.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(ds.logits[0]), full_logits(model, prompt)[-1], atol=0.1)
     seqs, _ = eng.generate_batch(prompt, num_samples=4, max_tokens=16, temperature=0.0)
@@ -322,6 +324,68 @@ def test_rows_finish_and_use_tools_independently(tok):
             assert got[:2] == [x, a_end]
         else:
             assert got == tool_seq[len(prompt) :] + [a_end]
+
+
+# --------------------------------------------------------------------------- many prompts together
+
+
+def mixed_prompts(tok):
+    """Lengths 23, 10, 41 and 1 (prompt bucket 48): a calculator call, an immediate stop, two free continuations."""
+    bos, sp = tok.get_bos_token_id(), tok.encode_special
+    return [
+        tok.encode("Hello world! 2 + 3 = 5, 12 * 7", prepend=bos) + [sp("<|assistant_start|>")],
+        tok.encode("The quick brown fox", prepend=bos) + [sp("<|user_end|>")],
+        tok.encode("strawberry has three rs; count letters and numbers 0123456789 and the lazy dog", prepend=bos),
+        [bos],
+    ]
+
+
+@pytest.fixture(scope="module")
+def tool_model(tok):
+    """Random weights; <|assistant_start|> opens the call "2 + 3", <|user_end|> ends the reply."""
+    sp = tok.encode_special
+    chain = [sp("<|assistant_start|>"), sp("<|python_start|>"), *tok.encode("2 + 3"), sp("<|python_end|>")]
+    transitions = {a: [b] for a, b in itertools.pairwise(chain)} | {sp("<|user_end|>"): [sp("<|assistant_end|>")]}
+    return scripted_gpt(tiny_config(tok), transitions, seed=3)
+
+
+@pytest.mark.parametrize("chunk_size,mesh", [(5, False), (32, True)])
+def test_mixed_length_prompts_decode_together_as_each_alone(tok, tool_model, chunk_size, mesh):
+    prompts = mixed_prompts(tok)
+    refs = [naive_chat_greedy(tool_model, tok, p, 24) for p in prompts]
+    # The references themselves cover what the batch must get right.
+    (tool_seq, tool_mask), (stop_seq, _) = refs[0], refs[1]
+    forced = [tok.encode_special("<|output_start|>"), *tok.encode("5"), tok.encode_special("<|output_end|>")]
+    start = len(prompts[0]) + 6  # <|python_start|> 2 + 3 <|python_end|>
+    assert tool_seq[start : start + 3] == forced and tool_mask[start : start + 3] == [0, 0, 0] and len(tool_seq) > start + 3
+    assert stop_seq == prompts[1]
+    new_tokens = [len(s) - len(p) for (s, _), p in zip(refs, prompts)]
+    assert max(new_tokens) == 24 and len(set(new_tokens)) == 4  # rows finish at different steps
+    eng = E.Engine(tool_model, tok, chunk_size=chunk_size, mesh=sharding.make_mesh() if mesh else None)
+    samples = 1 if mesh else 2  # with the mesh, 4 rows are padded to the 8 devices
+    seqs, masks = eng.generate_multi(prompts, samples, max_tokens=24, temperature=0.0)
+    assert seqs == [[s] * samples for s, _ in refs]
+    assert masks == [[m] * samples for _, m in refs]
+
+
+def test_each_row_samples_from_its_own_seed(tok, model):
+    """Row (i, j) draws from (seeds[i], j, step) only: neither the batch around it nor its place in it matter."""
+    prompts = mixed_prompts(tok)[1:]
+    kw = {"max_tokens": 20, "temperature": 1.0, "top_k": 50}
+    eng = E.Engine(model, tok, chunk_size=8)
+    together, _ = eng.generate_multi(prompts, 3, seeds=[11, 12, 13], **kw)
+    assert eng.generate_multi(prompts, 3, seeds=[11, 12, 13], **kw)[0] == together
+    assert eng.generate_multi(prompts[::-1], 3, seeds=[13, 12, 11], **kw)[0] == together[::-1]
+    # Alone, and with fewer samples: the first samples are the same.
+    assert eng.generate_multi([prompts[1]], 2, seeds=[12], **kw)[0] == [together[1][:2]]
+    assert eng.generate_batch(prompts[1], 2, seed=12, **kw)[0] == together[1][:2]
+    other, _ = eng.generate_multi(prompts, 3, seeds=[21, 12, 13], **kw)
+    assert other[0] != together[0] and other[1:] == together[1:]
+    assert all(len({tuple(s) for s in rows}) == 3 for rows in together)  # samples of one prompt differ
+    with pytest.raises(ValueError, match="seeds"):
+        eng.generate_multi(prompts, 1, seeds=[1], **kw)
+    with pytest.raises(ValueError):
+        eng.generate_multi([], 1, **kw)
 
 
 # --------------------------------------------------------------------------- compilation

@@ -19,7 +19,9 @@ from flax import nnx
 
 from nanochat_jax import checkpoint, trainer
 from nanochat_jax.config import ConfigError, load_config_file, parse_args
+from model_helpers import random_gpt
 from nanochat_jax.gpt import GPTConfig
+from nanochat_jax.loss_eval import evaluate_bpb
 from train import pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +36,7 @@ def tiny_args(**overrides):
         depth=1, max_seq_len=64, device_batch_size=1, total_batch_size=512, num_iterations=8,
         tokenizer_vocab_size=320, tokenizer_max_chars=300_000, eval_every=4, eval_tokens=512,
         sample_every=-1, save_every=4, log_every=1, model_tag="t", tokenizer_threads=1, tensorboard=False,
+        core_metric_every=-1,
     )
     fields.update(overrides)
     return ["--config=configs/tiny.py"] + [f"--config.{SECTION.get(k, 'loop')}.{k}={v}" for k, v in fields.items()]
@@ -89,7 +92,7 @@ def test_unknown_config_field_lists_close_matches():
 
 
 def test_override_type_errors_are_clear():
-    with pytest.raises(ConfigError, match="--config.model.depth=twelve.*expected a int"):
+    with pytest.raises(ConfigError, match="--config.model.depth=twelve.*expected int"):
         parse_args(["--config=configs/d20.py", "--config.model.depth=twelve"])
     cfg = parse_args(["--config=configs/d20.py", "--config.model.depth=12", "--config.loop.resume=true", "--config.optim.matrix_lr=0.01"])
     assert (cfg.model.depth, cfg.loop.resume, cfg.optim.matrix_lr) == (12, True, 0.01)
@@ -214,6 +217,36 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(base_dir, monkeypatch):
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
+def test_bpb_is_nats_over_ln2_bytes_of_counted_targets():
+    """evaluate_bpb against numpy: sum NLL / (ln 2 * sum bytes) over targets that are not -1 and have bytes."""
+    V, B, T = 64, 2, 16
+    model = random_gpt(GPTConfig(sequence_len=T, vocab_size=V, n_layer=2, n_head=2, n_kv_head=2, n_embd=32))
+    rng = np.random.default_rng(0)
+    token_bytes = rng.integers(1, 5, size=V).astype(np.int32)
+    token_bytes[V - 4 :] = 0  # special tokens: no bytes
+    batches = []
+    for _ in range(2):
+        inputs = rng.integers(0, V, size=(B, T)).astype(np.int32)
+        targets = rng.integers(0, V, size=(B, T)).astype(np.int32)
+        targets[0, :3] = -1  # ignored positions
+        targets[1, 5:9] = V - 2  # a special token as target: counted nowhere
+        batches.append((inputs, targets))
+    nats = nbytes = ntokens = 0.0
+    for inputs, targets in batches:
+        logits = np.asarray(model(inputs), np.float64)
+        logp = logits - logits.max(-1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+        counted = (targets >= 0) & (token_bytes[np.maximum(targets, 0)] > 0)
+        nll = -np.take_along_axis(logp, np.maximum(targets, 0)[..., None], -1)[..., 0]
+        nats += nll[counted].sum()
+        nbytes += token_bytes[targets[counted]].sum()
+        ntokens += counted.sum()
+    graphdef, params = nnx.split(model)
+    got = evaluate_bpb(graphdef, params, iter(batches), 2, token_bytes)
+    assert got == pytest.approx(nats / (np.log(2) * nbytes), rel=1e-5)
+    assert abs(got - nats / (np.log(2) * ntokens)) > 0.5  # bits per token is far off: bytes per token average ~2.5
+
+
 def test_interrupted_save_leaves_previous_checkpoint_loadable(tmp_path):
     """A process killed while an async save is in flight leaves no valid-looking step."""
     script = textwrap.dedent(
@@ -231,6 +264,9 @@ def test_interrupted_save_leaves_previous_checkpoint_loadable(tmp_path):
     )
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=ROOT, timeout=300)
+    # Step 2 was being written: its temporary directory is there (before a Checkpointer cleans it up), no "2".
+    names = sorted(p.name for p in (tmp_path / "ck").iterdir())
+    assert "1" in names and "2" not in names and any(n.startswith("2.") and "tmp" in n for n in names), names
     ckpt = checkpoint.Checkpointer(tmp_path / "ck", keep=None)
     assert ckpt.all_steps() == [1]
     restored = ckpt.restore(None, abstract_params={"w": jax.ShapeDtypeStruct((4, 4), np.float32)})

@@ -19,6 +19,7 @@ import json
 import time
 
 import httpx
+import jax
 import pytest
 from fastapi.testclient import TestClient
 
@@ -26,6 +27,7 @@ from nanochat_jax.demo import demo_model_and_tokenizer
 from nanochat_jax.serve_app import create_app
 from nanochat_jax.serve_request import MAX_BODY_BYTES
 from nanochat_jax.serve_workers import Worker, WorkerPool, build_workers
+from model_helpers import greedy_decode
 from serve_helpers import BackgroundServer
 
 MAX_TOKENS = 12  # server default in these tests: prompt + reply fit the smallest cache bucket
@@ -172,6 +174,29 @@ def test_system_prompt_and_multi_turn_are_accepted(client):
         {"role": "user", "content": "and?"},
     ]
     assert_streams(client, {"messages": convo, "max_tokens": 4})
+
+
+def test_greedy_reply_is_the_whole_conversations_greedy_decode():
+    """At temperature 0 the stream equals a naive full-forward greedy decode of the rendered conversation.
+
+    The demo model's zero output projections make logits depend on the last
+    token only; here they are random, so a server that dropped any part of the
+    conversation would answer differently.
+    """
+    model, tokenizer = demo_model_and_tokenizer(vocab_size=300, sequence_len=128, seed=1)
+    for i, name in enumerate(("attn_c_proj", "mlp_c_proj")):
+        p = getattr(model.h, name)
+        p[...] = 0.5 * jax.random.normal(jax.random.key(10 + i), p.shape) / p.shape[1] ** 0.5
+    convo = [{"role": "user", "content": "def f(x):"}, {"role": "assistant", "content": "return x"},
+             {"role": "user", "content": "import jax"}]
+    stop = (tokenizer.encode_special("<|assistant_end|>"), tokenizer.get_bos_token_id())
+    want = greedy_decode(model, tokenizer.render_for_completion({"messages": convo}), 10, stop)
+    other = greedy_decode(model, tokenizer.render_for_completion({"messages": convo[:1]}), 10, stop)
+    assert want != other  # the test model's reply does depend on the earlier turns
+    app = create_app(build_workers(model, tokenizer), tokenizer, temperature=0.8, top_k=50, max_tokens=MAX_TOKENS)
+    with TestClient(app) as c:
+        _, text = assert_streams(c, {"messages": convo, "temperature": 0.0, "max_tokens": 10})
+    assert text == tokenizer.decode(want)
 
 
 def test_seed_makes_replies_reproducible(client):

@@ -2,8 +2,10 @@
 
 nanochat's base_train on the shared stage runner (``nanochat_jax.trainer``):
 the same command runs on one CPU, one GPU, several hosts or a TPU VM. Per
-step: val bpb every ``loop.eval_every``, greedy samples every
-``loop.sample_every``, a checkpoint every ``loop.save_every`` and at the end.
+step: val bpb every ``loop.eval_every``, CORE every ``loop.core_metric_every``
+(``loop.core_metric_max_per_task`` items per task, bundle ``loop.core_bundle_dir``),
+greedy samples every ``loop.sample_every``, a checkpoint every
+``loop.save_every`` and at the end.
 """
 
 from __future__ import annotations
@@ -92,6 +94,13 @@ def build_stage(cfg, mesh) -> Stage:
         print_samples(nnx.merge(ctx.graphdef, ctx.params), tokenizer, cfg.loop.sample_max_tokens, ctx)
         return {}
 
+    def core_metric(ctx) -> dict:
+        from nanochat_jax.core_eval import evaluate_core
+
+        core = evaluate_core(nnx.merge(ctx.graphdef, ctx.params), tokenizer, cfg.loop.core_bundle_dir or None,
+                             cfg.loop.core_metric_max_per_task, mesh=mesh)  # fmt: skip
+        return {"core/metric": core["core_metric"], **{f"core/{label}": acc for label, acc in core["results"].items()}}
+
     tokens = num_iterations * cfg.loop.total_batch_size
     print0(f"Horizon: {num_iterations:,} steps x {cfg.loop.total_batch_size:,} tokens = {tokens:,} tokens "
            f"(ratio {tokens / model_config.num_params():.2f}), grad accumulation {accum}")  # fmt: skip
@@ -102,13 +111,15 @@ def build_stage(cfg, mesh) -> Stage:
         open_batches=lambda state: StreamBatches(loader("train", state)),
         schedule=base_schedule(num_iterations, o.warmup_ratio, o.warmdown_ratio, o.final_lr_frac),
         grad_accum=accum, tokens_per_step=cfg.loop.total_batch_size, num_steps=num_iterations,
-        evals=[Periodic(cfg.loop.eval_every, val_bpb), Periodic(cfg.loop.sample_every, samples, at_start=False)],
-        meta={"tokenizer_dir": str(Path(tok_dir).absolute()), "device_batch_size": cfg.loop.device_batch_size,
+        evals=[Periodic(cfg.loop.eval_every, val_bpb), Periodic(cfg.loop.core_metric_every, core_metric, at_start=False),
+               Periodic(cfg.loop.sample_every, samples, at_start=False)],
+        meta={"tokenizer_dir": str(Path(tok_dir).absolute()), "data_dir": cfg.data.data_dir, "device_batch_size": cfg.loop.device_batch_size,
               "max_seq_len": cfg.model.max_seq_len, "total_batch_size": cfg.loop.total_batch_size, "seed": cfg.loop.seed},
     )  # fmt: skip
 
 
-def print_samples(model, tokenizer, max_tokens: int, ctx) -> None:
+def greedy_samples(model, tokenizer, max_tokens: int) -> list[str]:
+    """nanochat's fixed prompts, each continued greedily for ``max_tokens`` tokens (prompt included, BOS not)."""
     from nanochat_jax.engine import Engine
 
     engine, bos = Engine(model, tokenizer), tokenizer.get_bos_token_id()
@@ -116,6 +127,11 @@ def print_samples(model, tokenizer, max_tokens: int, ctx) -> None:
     for prompt in SAMPLE_PROMPTS:
         sequences, _ = engine.generate_batch(tokenizer.encode(prompt, prepend=bos), num_samples=1, max_tokens=max_tokens, temperature=0.0)
         lines.append(tokenizer.decode(sequences[0][1:]))
+    return lines
+
+
+def print_samples(model, tokenizer, max_tokens: int, ctx) -> None:
+    lines = greedy_samples(model, tokenizer, max_tokens)
     print0("\n".join(f"  sample: {line!r}" for line in lines))
     ctx.logger.log_text(ctx.step, "samples", "\n\n".join(lines))
 
@@ -130,4 +146,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from nanochat_jax import cli
+
+    cli.main(main)

@@ -65,4 +65,6 @@ def run(cfg) -> dict:
 
 
 if __name__ == "__main__":
-    run(parse_args())
+    from nanochat_jax import cli
+
+    cli.main(lambda: run(parse_args()))

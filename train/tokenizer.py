@@ -156,4 +156,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from nanochat_jax import cli
+
+    cli.main(main)
