@@ -18,7 +18,7 @@ import jax
 from flax import nnx
 
 from nanochat_jax import cli
-from nanochat_jax.chat_eval import generative_outcomes
+from nanochat_jax.chat_eval import generative_outcomes, pass_at_k
 from nanochat_jax.checkpoint import load_stage
 from nanochat_jax.common import print0, process_index
 from nanochat_jax.config import ConfigError, parse_args
@@ -35,9 +35,9 @@ def tasks(cfg):
     return GSM8K(cfg.data.subset, "train", **where), GSM8K(cfg.data.subset, "test", **where)
 
 
-def pass_at_k(outcomes) -> dict[str, float]:
+def pass_at_ks(outcomes) -> dict[str, float]:
     """``rl/pass@k`` for k = 1..samples: a problem passes when any of its first k samples is correct."""
-    return {f"rl/pass@{k}": float(outcomes[:, :k].any(axis=1).mean()) for k in range(1, outcomes.shape[1] + 1)}
+    return {f"rl/pass@{k}": pass_at_k(outcomes, k) for k in range(1, outcomes.shape[1] + 1)}
 
 
 def build_stage(cfg, mesh) -> Stage:
@@ -65,7 +65,7 @@ def build_stage(cfg, mesh) -> Stage:
                                        max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_k=r.top_k,
                                        max_problems=loop.eval_examples, batch_size=r.examples_per_step, seed=loop.seed,
                                        mesh=mesh)  # fmt: skip
-        return pass_at_k(outcomes)
+        return pass_at_ks(outcomes)
 
     def open_batches(state):
         return Rollouts(train, tokenizer, r, objective=cfg.objective, pass_rows=loop.device_batch_size, num_micro=num_micro,
