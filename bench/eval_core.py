@@ -63,7 +63,7 @@ def one_at_a_time(model, tokenizer, tasks) -> dict[str, float]:
     return accuracies
 
 
-def batched(model, tokenizer, tasks, batch_tokens: int, mesh) -> dict[str, float]:
+def batched(model, tokenizer, tasks, batch_tokens: int | None, mesh) -> dict[str, float]:
     """What ``evaluate_core`` runs per task (bundle reading excluded, as for the baseline)."""
     return {spec.label: float(np.mean(core_eval.task_outcomes(model, tokenizer, rows, spec, mesh=mesh, batch_tokens=batch_tokens)))
             for spec, rows in tasks}  # fmt: skip
@@ -96,7 +96,7 @@ def main(argv=None) -> None:
     p.add_argument("--bundle_dir", default="slice", help='"slice" (embedded), "" (downloaded DCLM bundle) or a directory')
     p.add_argument("--tokenizer_dir", default=None, help="default: a 4,096-token BPE trained here on the bundle's text")
     p.add_argument("--max_per_task", type=int, default=30)
-    p.add_argument("--batch_tokens", type=int, default=8192)
+    p.add_argument("--batch_tokens", type=int, default=None, help="default: core_eval.default_batch_tokens")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
 

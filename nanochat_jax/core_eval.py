@@ -15,13 +15,16 @@ and tokenized with BOS prepended.
 Centered accuracy = (acc - b) / (1 - b) with b the random baseline (a
 fraction); CORE = the mean of the centered accuracies.
 
-Where nanochat runs one forward per example, here the sequences of many
-examples are sorted by length and packed, one per row, into a few fixed
-shapes (``engine.bucket`` widths, rows ~ ``batch_tokens / width``); one jitted
-forward per batch, sharded over the mesh's data axis, puts only the
-continuation positions through the head and returns just each row's mean CE
-and all-match flag. Right padding with BOS cannot change a causal
-model's scores on the real positions. A sequence longer than the model's
+Where nanochat runs one forward per example, here many examples' sequences
+are sorted by length and packed into a few fixed shapes (``engine.bucket``
+widths, rows ~ ``batch_tokens / width``); one jitted forward per batch,
+sharded over the mesh's data axis, puts only the continuation positions
+through the head and returns just each span's mean CE and all-match flag.
+A multiple-choice item's choices share one row: its few-shot prefix once,
+then each choice's tail attending to the prefix and to itself at its own
+positions (``shared_row``), so the prefix is computed once, not per choice.
+Right padding with BOS cannot change a causal model's scores on the real
+positions. A sequence longer than the model's
 ``sequence_len`` keeps its last ``sequence_len`` tokens (nanochat does this for
 models with a ``max_seq_len``), its span shifted accordingly; where even the
 continuation does not fit (where nanochat would stop on an assert) its last
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import functools
 import random
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +49,15 @@ from nanochat_jax.eval_bundle import BundleError, TaskSpec, is_slice, load_rows,
 from nanochat_jax.gpt import token_nll
 
 SHUFFLE_SEED, FEWSHOT_SEED = 1337, 1234
+
+
+class Row(NamedTuple):
+    """One batch row: tokens with their rotary positions and attention segments, and the spans scored in it."""
+
+    tokens: list[int]
+    positions: list[int]
+    segments: list[int]  # 0: seen by every token after it; j > 0: seen only by segment j
+    spans: list[tuple[list[int], list[int]]]  # (predicting indices, target tokens)
 
 
 # --------------------------------------------------------------------------- prompts
@@ -114,61 +126,113 @@ def continuation_spans(seqs: list[list[int]], spec: TaskSpec, max_len: int, idx:
 # --------------------------------------------------------------------------- scoring
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5))
-def _row_scores(graphdef, params, inputs, starts, ends, span_width: int):
-    """Per row: mean CE of the tokens ``[start, end)`` and whether greedy argmax predicts them all.
+def single_row(seq: list[int], start: int, end: int) -> Row:
+    """One causal sequence whose span ``seq[start:end]`` is predicted from positions ``start-1 .. end-2``."""
+    return Row(seq, list(range(len(seq))), [0] * len(seq), [(list(range(start - 1, end - 1)), seq[start:end])])
 
-    Only the ``span_width`` positions from ``start - 1`` on go through the final
-    norm and the head: the continuation is a small part of a few-shot prompt.
+
+def shared_row(seqs: list[list[int]], prefix: int) -> Row:
+    """Sequences sharing their first ``prefix`` tokens, in one row: the prefix once, then each tail as a segment.
+
+    A tail token sees the prefix and its own tail only, at the positions it has
+    in its own sequence, so every score is that of the sequence's own forward,
+    while the (few-shot) prefix is computed once instead of once per choice.
+    """
+    tokens, positions, segments, spans = list(seqs[0][:prefix]), list(range(prefix)), [0] * prefix, []
+    for j, s in enumerate(seqs, 1):
+        tail = s[prefix:]
+        spans.append(([prefix - 1, *range(len(tokens), len(tokens) + len(tail) - 1)][: len(tail)], tail))
+        tokens, positions, segments = tokens + tail, positions + list(range(prefix, len(s))), segments + [j] * len(tail)
+    return Row(tokens, positions, segments, spans)
+
+
+def item_rows(seqs: list[list[int]], starts: list[int], ends: list[int], spec: TaskSpec) -> list[Row]:
+    """One item's rows: its choices share a row when they share the prefix up to the continuation (MC, uncropped)."""
+    prefix = starts[0]
+    if spec.task_type == "multiple_choice" and len(seqs) > 1 and all(a == prefix and s[:prefix] == seqs[0][:prefix] for s, a in zip(seqs, starts)):
+        return [shared_row(seqs, prefix)]
+    return [single_row(s, a, b) for s, a, b in zip(seqs, starts, ends)]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 6))
+def _span_scores(graphdef, params, inputs, positions, segments, spans, shared: bool):
+    """Per row and span: mean CE of the span's targets and whether greedy argmax predicts them all.
+
+    ``spans (3, R, K, S)``: predicting index, target and validity. Only those
+    positions go through the final norm and the head. ``shared`` rows attend
+    within their segment (or the shared segment 0), causally.
     """
     model = nnx.merge(graphdef, params)
-    x = model.hidden_states(inputs)
-    k = jnp.arange(span_width)[None, :]
-    pos = jnp.minimum(starts[:, None] - 1 + k, inputs.shape[1] - 2)  # (rows, span_width) predicting positions
-    logits = model.logits_from_hidden(jnp.take_along_axis(x, pos[..., None], axis=1))
-    targets = jnp.take_along_axis(inputs, pos + 1, axis=1)
+    if shared:
+        order = jnp.arange(inputs.shape[1])
+        seg_q, seg_k = segments[:, :, None], segments[:, None, :]
+        x = model.hidden_states(inputs, positions, (order[:, None] >= order[None, :]) & ((seg_k == 0) | (seg_k == seg_q)))
+    else:
+        x = model.hidden_states(inputs)
+    index, targets, valid = spans[0], spans[1], spans[2] > 0
+    R, K, S = index.shape
+    logits = model.logits_from_hidden(jnp.take_along_axis(x, index.reshape(R, K * S, 1), axis=1)).reshape(R, K, S, -1)
     nll, match = token_nll(logits, targets), jnp.argmax(logits, axis=-1) == targets
-    span = k < (ends - starts)[:, None]
-    mean = jnp.sum(jnp.where(span, nll, 0.0), axis=1) / jnp.maximum(jnp.sum(span, axis=1), 1)
-    return mean, jnp.all(match | ~span, axis=1)
+    mean = jnp.sum(jnp.where(valid, nll, 0.0), axis=-1) / jnp.maximum(jnp.sum(valid, axis=-1), 1)
+    return mean, jnp.all(match | ~valid, axis=-1)
 
 
-def _global(arr: np.ndarray, mesh) -> jax.Array:
-    """A host array every process holds whole, as one batch sharded over ``"data"``."""
-    return jax.make_array_from_callback(arr.shape, sharding.batch_sharding(mesh), lambda index: arr[index])
+def _global(arr: np.ndarray, mesh, axis: int = 0) -> jax.Array:
+    """A host array every process holds whole, as one batch sharded over ``"data"`` on ``axis``."""
+    spec = sharding.batch_sharding(mesh) if axis == 0 else sharding.microbatch_sharding(mesh)
+    return jax.make_array_from_callback(arr.shape, spec, lambda index: arr[index])
 
 
-def score_sequences(graphdef, params, seqs, starts, ends, *, max_len: int, pad_id: int, mesh, batch_tokens: int):
-    """``(mean CE, all-match)`` for every sequence, longest first.
+def _pow2(n: int, minimum: int) -> int:
+    return max(minimum, 1 << max(n - 1, 0).bit_length())
 
-    Shapes: widths ``engine.bucket`` (4 per octave, <= 25% padding) capped at
-    ``max_len``; rows ``batch_tokens / width``, or the next power of two above
-    what is left, a multiple of the data axis; spans a power of two >= 8.
+
+def score_rows(graphdef, params, rows: list[Row], *, max_len: int, pad_id: int, mesh, batch_tokens: int):
+    """``(mean CE, all-match)`` of every span of ``rows``, in row then span order.
+
+    Shapes: widths ``engine.bucket`` (4 per octave, <= 25% padding; capped at
+    ``max_len`` for rows that fit it); rows ``batch_tokens / width``, or the
+    next power of two above what is left, a multiple of the data axis; spans
+    per row and span lengths powers of two.
     """
     devices = mesh.shape[sharding.DATA_AXIS]
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
-    means, matches = np.zeros(len(seqs), np.float32), np.zeros(len(seqs), bool)
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i].tokens))
+    first = np.cumsum([0] + [len(r.spans) for r in rows])
+    means, matches = np.zeros(first[-1], np.float32), np.zeros(first[-1], bool)
     at = 0
     while at < len(order):
-        width = bucket(len(seqs[order[at]]), 16, max_len)
+        longest = len(rows[order[at]].tokens)
+        width = bucket(longest, 16, max_len if longest <= max_len else None)
         left = 1 << (len(order) - at - 1).bit_length()
-        rows = -(-min(max(1, batch_tokens // width), left) // devices) * devices
-        chunk = order[at : at + rows]
-        inputs = np.full((rows, width), pad_id, np.int32)
-        span = np.ones((2, rows), np.int32) * np.array([[1], [2]], np.int32)  # padding rows score a 1-token span
-        for r, i in enumerate(chunk):
-            inputs[r, : len(seqs[i])] = seqs[i]
-            span[:, r] = starts[i], ends[i]
-        span_width = max(8, 1 << int(np.max(span[1] - span[0]) - 1).bit_length())
-        args = (_global(a, mesh) for a in (inputs, span[0], span[1]))
-        mean, match = _row_scores(graphdef, params, *args, min(span_width, width - 1))
-        means[chunk], matches[chunk] = np.asarray(mean)[: len(chunk)], np.asarray(match)[: len(chunk)]
-        at += rows
+        n = -(-min(max(1, batch_tokens // width), left) // devices) * devices
+        chunk = [rows[i] for i in order[at : at + n]]
+        k = _pow2(max(len(r.spans) for r in chunk), 1)
+        s = _pow2(max(len(t) for r in chunk for _, t in r.spans), 8)
+        inputs, segments = np.full((n, width), pad_id, np.int32), np.full((n, width), -1, np.int32)
+        positions, spans = np.zeros((n, width), np.int32), np.zeros((3, n, k, s), np.int32)
+        for i, row in enumerate(chunk):
+            inputs[i, : len(row.tokens)], positions[i, : len(row.tokens)] = row.tokens, row.positions
+            segments[i, : len(row.tokens)] = row.segments
+            for j, (index, targets) in enumerate(row.spans):
+                spans[:, i, j, : len(targets)] = index, targets, np.ones(len(targets), np.int32)
+        shared = bool(segments.max() > 0)
+        args = [_global(a, mesh) for a in (inputs, positions, segments)] + [_global(spans, mesh, axis=1)]
+        mean, match = (np.asarray(a) for a in _span_scores(graphdef, params, *args, shared))
+        for i, r in zip(order[at : at + n], range(len(chunk))):
+            means[first[i] : first[i + 1]], matches[first[i] : first[i + 1]] = mean[r, : len(rows[i].spans)], match[r, : len(rows[i].spans)]
+        at += n
     return means, matches
 
 
-def task_outcomes(model, tokenizer, rows: list[dict], spec: TaskSpec, *, mesh, batch_tokens: int = 8192, chunk_examples: int = 1024) -> np.ndarray:
+def default_batch_tokens(mesh) -> int:
+    """Tokens per scoring batch: 2,048 per device on CPU (cache-sized; 8,192 ran 1.4x slower, bench/RESULTS.md), 8,192 elsewhere."""
+    return (2048 if jax.default_backend() == "cpu" else 8192) * mesh.shape[sharding.DATA_AXIS]
+
+
+def task_outcomes(model, tokenizer, rows: list[dict], spec: TaskSpec, *, mesh, batch_tokens: int | None = None,
+                  chunk_examples: int = 1024) -> np.ndarray:  # fmt: skip
     """Per item of ``rows`` (already shuffled and capped): correct or not; ``chunk_examples`` items per packing round."""
+    batch_tokens = batch_tokens or default_batch_tokens(mesh)
     graphdef, params = nnx.split(model)
     params = jax.device_put(params, sharding.replicated(mesh))
     max_len, pad_id = model.config.sequence_len, tokenizer.get_bos_token_id()
@@ -177,16 +241,14 @@ def task_outcomes(model, tokenizer, rows: list[dict], spec: TaskSpec, *, mesh, b
         items = range(first, min(len(rows), first + chunk_examples))
         prompts = [example_prompts(rows, idx, spec) for idx in items]
         flat = tokenizer.encode([p for ps in prompts for p in ps], prepend=pad_id)
-        seqs, starts, ends, bounds = [], [], [], []
+        packed, bounds = [], []
         for idx, ps in zip(items, prompts):
-            s, a, b = continuation_spans(flat[: len(ps)], spec, max_len, idx)
+            seqs, starts, ends = continuation_spans(flat[: len(ps)], spec, max_len, idx)
             del flat[: len(ps)]
-            bounds.append((len(seqs), len(seqs) + len(s)))
-            seqs += s
-            starts += a
-            ends += b
-        means, matches = score_sequences(graphdef, params, seqs, starts, ends, max_len=max_len, pad_id=pad_id, mesh=mesh, batch_tokens=batch_tokens)
-        for idx, (lo, hi) in zip(items, bounds):
+            bounds.append(sum(len(r.spans) for r in packed))
+            packed += item_rows(seqs, starts, ends, spec)
+        means, matches = score_rows(graphdef, params, packed, max_len=max_len, pad_id=pad_id, mesh=mesh, batch_tokens=batch_tokens)
+        for idx, lo, hi in zip(items, bounds, bounds[1:] + [len(means)]):
             if spec.task_type == "language_modeling":
                 correct[idx] = matches[lo]
             else:
@@ -208,7 +270,7 @@ def task_rows(bundle, spec: TaskSpec, max_per_task: int) -> list[dict]:
     return rows
 
 
-def evaluate_core(model, tokenizer, bundle_dir=None, max_per_task: int = -1, *, mesh=None, batch_tokens: int = 8192,
+def evaluate_core(model, tokenizer, bundle_dir=None, max_per_task: int = -1, *, mesh=None, batch_tokens: int | None = None,
                   log: Callable[[str], None] = print0) -> dict:  # fmt: skip
     """nanochat's ``evaluate_model``: ``{"results", "centered_results", "core_metric"}`` (+ ``bundle``, ``slice``).
 

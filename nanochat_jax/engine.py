@@ -30,7 +30,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from nanochat_jax import calculator, sharding
-from nanochat_jax.gpt import (GPT, GPTConfig, block_forward, causal_attention, resolve_attention_impl, rotary_slice, rotary_tables,
+from nanochat_jax.gpt import (GPT, GPTConfig, block_forward, causal_attention, resolve_attention_impl, rotary_at, rotary_slice,
                               validate_tokens)
 
 DEFAULT_CHUNK = 32
@@ -102,13 +102,6 @@ def _masked_cache_attention(q, k_layer, v_layer, pos, start):
     return jax.nn.dot_product_attention(q, k_layer, v_layer, mask=mask[:, None], implementation="xla")
 
 
-def _row_rotary(config: GPTConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """cos/sin ``(B, Tq, D/2)`` at per-row rotary positions ``(B, Tq)``."""
-    cos, sin = rotary_tables(10 * config.sequence_len, config.head_dim)
-    take = lambda table: jnp.take(jnp.asarray(table), positions, axis=0, mode="clip")
-    return take(cos), take(sin)
-
-
 def _run_layers(model: GPT, x: jax.Array, cache: KVCache, fresh: bool):
     """All blocks over ``x (B, Tq, C)`` at slots ``cache.pos ..``; returns (x, cache).
 
@@ -125,7 +118,7 @@ def _run_layers(model: GPT, x: jax.Array, cache: KVCache, fresh: bool):
     if fresh:
         cos, sin = rotary_slice(cfg, Tq)
     else:
-        cos, sin = _row_rotary(cfg, pos + jnp.arange(Tq, dtype=jnp.int32)[None, :] - cache.start[:, None])
+        cos, sin = rotary_at(cfg, pos + jnp.arange(Tq, dtype=jnp.int32)[None, :] - cache.start[:, None])
     impl = resolve_attention_impl(cfg)
 
     def one_layer(x, p, i, kc, vc):

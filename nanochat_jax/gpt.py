@@ -179,6 +179,13 @@ def rotary_slice(config: GPTConfig, T: int, offset: jax.Array | int = 0) -> tupl
     )
 
 
+def rotary_at(config: GPTConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """cos/sin ``(B, T, D/2)`` at per-row rotary positions ``(B, T)``."""
+    cos, sin = rotary_tables(10 * config.sequence_len, config.head_dim)
+    take = lambda table: jnp.take(jnp.asarray(table), positions, axis=0, mode="clip")  # noqa: E731
+    return take(cos), take(sin)
+
+
 def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     """Half-split rotary on ``(B, T, H, D)``; cos/sin ``(T, D/2)`` or ``(B, T, D/2)``."""
     d = x.shape[-1] // 2
@@ -365,14 +372,22 @@ class GPT(nnx.Module):
             nll = token_nll(self.logits_from_hidden(x), targets)
         return reduce_nll(nll, targets, loss_reduction)
 
-    def hidden_states(self, idx: jax.Array) -> jax.Array:
-        """The last block's output ``(B, T, C)``, before the final norm and head (scoring a few positions needs only those)."""
+    def hidden_states(self, idx: jax.Array, positions: jax.Array | None = None, mask: jax.Array | None = None) -> jax.Array:
+        """The last block's output ``(B, T, C)``, before the final norm and head (scoring a few positions needs only those).
+
+        ``positions (B, T)`` and ``mask (B, T, T)`` (query, key) replace positions
+        ``0..T-1`` and the causal mask, so that CORE can pack several sequences
+        sharing a prefix into one row.
+        """
         cfg = self.config
-        cos, sin = rotary_slice(cfg, idx.shape[1])
+        cos, sin = rotary_slice(cfg, idx.shape[1]) if positions is None else rotary_at(cfg, positions)
         x = self.embed(idx)
+        attend = None
+        if mask is not None:
+            attend = lambda q, k, v: (jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation="xla"), None)  # noqa: E731
 
         def layer(x, p):
-            return block_forward(x, p, cos, sin, cfg)[0]
+            return block_forward(x, p, cos, sin, cfg, attend)[0]
 
         layer = _remat(layer, cfg.remat)
         params = self.h.stacked()

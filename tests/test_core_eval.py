@@ -130,10 +130,15 @@ def test_batched_sharded_scores_equal_the_one_example_reference(model, tok, labe
     assert rows == ref_rows(spec, n)
     refs = [ref_example(model, tok, rows, i, spec) for i in range(n)]
     seqs, starts, ends = ([x for r in refs for x in r[0][k]] for k in range(3))
-    means, matches = core_eval.score_sequences(*nnx.split(model), seqs, starts, ends, max_len=SEQ_LEN,
-                                               pad_id=tok.get_bos_token_id(), mesh=mesh, batch_tokens=512)  # fmt: skip
-    np.testing.assert_allclose(means, [m for r in refs for m in r[1]], rtol=2e-5, atol=2e-5)
-    assert matches.tolist() == [m for r in refs for m in r[2]]
+    singles = [core_eval.single_row(*x) for x in zip(seqs, starts, ends)]
+    packed = [row for r in refs for row in core_eval.item_rows(*r[0], spec)]  # MC: an uncropped item's choices share a row
+    if spec.task_type == "multiple_choice" and not spec.num_fewshot:
+        assert len(packed) == n < len(singles)
+    for rows_ in (singles, packed):
+        means, matches = core_eval.score_rows(*nnx.split(model), rows_, max_len=SEQ_LEN, pad_id=tok.get_bos_token_id(),
+                                              mesh=mesh, batch_tokens=512)  # fmt: skip
+        np.testing.assert_allclose(means, [m for r in refs for m in r[1]], rtol=2e-5, atol=2e-5)
+        assert matches.tolist() == [m for r in refs for m in r[2]]
     outcomes = core_eval.task_outcomes(model, tok, rows, spec, mesh=mesh, batch_tokens=512, chunk_examples=5)
     assert outcomes.tolist() == [r[3] for r in refs]
     if spec.num_fewshot:
@@ -149,8 +154,9 @@ def test_greedy_match_flag_both_ways(model, tok):
         seq.append(int(logp[0, len(seq) - 1].argmax()))
     wrong = seq[:-1] + [(seq[-1] + 1) % tok.get_vocab_size()]
     seqs = [seq, wrong, seq[:33]]
-    _, matches = core_eval.score_sequences(*nnx.split(model), seqs, [30, 30, 30], [35, 35, 33], max_len=SEQ_LEN,
-                                           pad_id=tok.get_bos_token_id(), mesh=make_mesh(), batch_tokens=256)  # fmt: skip
+    rows_ = [core_eval.single_row(s, 30, e) for s, e in zip(seqs, [35, 35, 33])]
+    _, matches = core_eval.score_rows(*nnx.split(model), rows_, max_len=SEQ_LEN, pad_id=tok.get_bos_token_id(),
+                                      mesh=make_mesh(), batch_tokens=256)  # fmt: skip
     assert matches.tolist() == [True, False, True]
 
 
