@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from nanochat_jax.common import get_base_dir
+from nanochat_jax.errors import NanochatError
 
 BASE_URL = "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
 NUM_SHARDS = 1823  # shard_00000 .. shard_01822
@@ -65,8 +66,8 @@ class CorruptShardError(ValueError):
         )
 
 
-class DownloadError(RuntimeError):
-    """Some shards could not be downloaded after every retry."""
+class DownloadError(NanochatError, RuntimeError):
+    """A file (a shard, the eval bundle) could not be downloaded after every retry."""
 
 
 def shard_name(index: int) -> str:

@@ -15,6 +15,7 @@ import io
 import json
 import random
 import shutil
+import socket
 import threading
 import zipfile
 from pathlib import Path
@@ -25,7 +26,7 @@ import pytest
 from flax import nnx
 from model_helpers import random_gpt
 
-from nanochat_jax import core_eval, eval_bundle
+from nanochat_jax import cli, core_eval, eval_bundle
 from nanochat_jax.eval_bundle import BundleError, load_tasks, slice_bundle_dir
 from nanochat_jax.gpt import GPTConfig
 from nanochat_jax.sharding import make_mesh
@@ -359,3 +360,15 @@ def test_served_garbage_is_rejected_and_not_kept(no_proxy):
     finally:
         server.close()
     assert sorted(p.name for p in no_proxy.iterdir()) == []
+
+
+def test_unreachable_bundle_url_is_one_clear_error_and_leaves_nothing(no_proxy, capsys, monkeypatch):
+    with socket.socket() as s:  # a port nothing listens on: the connection is refused
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/eval_bundle.zip"
+    monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+    with pytest.raises(SystemExit) as info:
+        cli.main(lambda: eval_bundle.download_bundle(no_proxy / "eval_bundle", url=url, attempts=2, backoff_s=0.01))
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and err.startswith(f"error: could not download {url} after 2 attempt(s)"), err
+    assert not no_proxy.exists() or sorted(p.name for p in no_proxy.iterdir()) == []
