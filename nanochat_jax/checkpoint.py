@@ -44,21 +44,10 @@ from flax import nnx
 from orbax.checkpoint.checkpoint_managers import LatestN
 
 from nanochat_jax import integrity
-from nanochat_jax.common import get_base_dir, print0
+from nanochat_jax.common import STAGE_DIRS, STAGE_MODULES, get_base_dir, print0
 from nanochat_jax.errors import CheckpointCorruptError, CheckpointError
 from nanochat_jax.gpt import GPT, GPTConfig
 from nanochat_jax.sharding import make_mesh, replicated
-
-STAGE_DIRS = {
-    "base": "base_checkpoints",
-    "mid": "mid_checkpoints",
-    "sft": "chatsft_checkpoints",
-    "rl": "chatrl_checkpoints",
-}
-
-
-CREATED_BY = {"base": "train.pretrain", "mid": "train.mid", "sft": "train.sft", "rl": "train.rl"}
-
 
 CHECKSUMS = "checksums"  # meta key: {item: {array name: fingerprint}}
 # Orbax names the array it failed to read as the OCDBT key path inside its error text.
@@ -70,7 +59,7 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
 
 
 def _train_first(stage: str) -> str:
-    return f"train one first: python -m {CREATED_BY[stage]} --config=configs/<config>.py (tiny: configs/tiny*.py)"
+    return f"train one first: python -m {STAGE_MODULES[stage]} --config=configs/<config>.py (tiny: configs/tiny*.py)"
 
 
 def stage_dir(stage: str) -> Path:

@@ -12,6 +12,9 @@ import tempfile
 from pathlib import Path
 
 BASE_DIR_ENV = "NANOCHAT_JAX_BASE_DIR"
+# Each stage's checkpoint folder under the base dir (nanochat's names); here so jax-free tools (the pipeline) can read it.
+STAGE_DIRS = {"base": "base_checkpoints", "mid": "mid_checkpoints", "sft": "chatsft_checkpoints", "rl": "chatrl_checkpoints"}
+STAGE_MODULES = {"base": "train.pretrain", "mid": "train.mid", "sft": "train.sft", "rl": "train.rl"}  # what trains each
 
 
 def get_base_dir() -> Path:

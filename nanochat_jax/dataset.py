@@ -169,23 +169,12 @@ def _retryable(err: BaseException) -> bool:
     return True
 
 
-def download_shard(
-    index: int,
-    data_dir: str | os.PathLike | None = None,
-    *,
-    base_url: str = BASE_URL,
-    attempts: int = 5,
-    backoff_s: float = 2.0,
-    timeout_s: float = 60.0,
-    chunk_bytes: int = 1 << 20,
-    log: Callable[[str], None] = print,
-) -> tuple[Path, int, float, bool]:
-    """Fetch one shard unless a valid copy exists (``download_url``, parquet footer checked).
+def download_shard(index: int, data_dir: str | os.PathLike | None = None, *, base_url: str = BASE_URL,
+                   log: Callable[[str], None] = print, **download_kwargs) -> tuple[Path, int, float, bool]:
+    """Fetch one shard unless a valid copy exists (``download_url`` with its retry keywords, parquet footer checked).
 
     Returns ``(path, bytes, seconds, downloaded)``.
     """
-    if attempts < 1:
-        raise ValueError(f"attempts must be ≥ 1, got {attempts}")
     directory = resolve_data_dir(data_dir)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / shard_name(index)
@@ -194,8 +183,7 @@ def download_shard(
             return path, path.stat().st_size, 0.0, False
         log(f"{path.name}: existing file is not a valid shard; re-downloading")
     url = f"{base_url.rstrip('/')}/{shard_name(index)}"
-    nbytes, seconds = download_url(url, path, validate=validate_shard, attempts=attempts, backoff_s=backoff_s,
-                                   timeout_s=timeout_s, chunk_bytes=chunk_bytes, log=log)
+    nbytes, seconds = download_url(url, path, validate=validate_shard, log=log, **download_kwargs)
     return path, nbytes, seconds, True
 
 
@@ -256,6 +244,8 @@ def download_url(
     continues it with an HTTP Range request. Retries with exponential backoff
     (``backoff_s * 2**(attempt-1)``: 2, 4, 8, 16 s by default, as nanochat).
     """
+    if attempts < 1:
+        raise ValueError(f"attempts must be ≥ 1, got {attempts}")
     tmp = _tmp_path(path)
     last_err: BaseException | None = None
     t0 = time.monotonic()

@@ -168,6 +168,14 @@ def accumulation(total: int, per_micro: int, what: str) -> int:
     return total // per_micro
 
 
+def epoch_steps(num_iterations: int, items: int, per_step: int, num_epochs: int, what: str) -> int:
+    """A chat stage's horizon: ``num_iterations`` when > 0, else ``num_epochs`` passes of ``items // per_step`` steps."""
+    steps = num_iterations if num_iterations > 0 else (items // per_step) * num_epochs
+    if steps <= 0:
+        raise ConfigError(f"{items} {what} make no step of {per_step} examples")
+    return steps
+
+
 def grad_accum_steps(cfg, num_devices: int) -> int:
     """total_batch_size / (device_batch_size * seq * devices), as nanochat's token-batch stages compute it."""
     rows, seq = cfg.loop.device_batch_size, cfg.model.max_seq_len

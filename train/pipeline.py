@@ -35,13 +35,9 @@ from absl import flags
 from ml_collections import config_flags
 
 from nanochat_jax import cli, report
-from nanochat_jax.common import atomic_write, get_base_dir
+from nanochat_jax.common import STAGE_DIRS, STAGE_MODULES, atomic_write, get_base_dir
 from nanochat_jax.config import ConfigError, field_names, load_config_file, lookup
 from nanochat_jax.results import load_results, report_dir, section_slug, write_section
-
-STAGE_MODULES = {"base": "train.pretrain", "mid": "train.mid", "sft": "train.sft", "rl": "train.rl"}
-# checkpoint.STAGE_DIRS, restated: importing checkpoint would import jax into the parent process.
-CHECKPOINT_DIRS = {"base": "base_checkpoints", "mid": "mid_checkpoints", "sft": "chatsft_checkpoints", "rl": "chatrl_checkpoints"}
 
 
 class PipelineError(ValueError):
@@ -116,7 +112,7 @@ def marker_path(name: str) -> Path:
 
 def checkpoint_steps(stage: str, tag: str) -> list[int]:
     """Finished checkpoint steps (Orbax renames a step's directory into place only once it is complete)."""
-    directory = get_base_dir() / CHECKPOINT_DIRS[stage] / tag
+    directory = get_base_dir() / STAGE_DIRS[stage] / tag
     return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
 
 
@@ -324,7 +320,7 @@ def _clear(name: str, cfg) -> None:
     """``--from``: a training stage rerun from scratch loses its old checkpoints (else it would resume from them)."""
     marker_path(name).unlink(missing_ok=True)
     if name in STAGE_MODULES:
-        directory = get_base_dir() / CHECKPOINT_DIRS[name] / model_tags(cfg)[name]
+        directory = get_base_dir() / STAGE_DIRS[name] / model_tags(cfg)[name]
         if directory.exists():
             print(f"[pipeline] --from: removing {directory} to retrain {name} from the start", flush=True)
             shutil.rmtree(directory)

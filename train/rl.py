@@ -26,7 +26,7 @@ from nanochat_jax.results import save_results, write_section
 from nanochat_jax.rl import OBJECTIVES, Rollouts
 from nanochat_jax.schedules import decay_schedule
 from nanochat_jax.tasks.gsm8k import GSM8K
-from nanochat_jax.trainer import Periodic, Stage, accumulation, execution_overrides, run_config
+from nanochat_jax.trainer import Periodic, Stage, accumulation, epoch_steps, execution_overrides, run_config
 
 
 def tasks(cfg):
@@ -54,9 +54,7 @@ def build_stage(cfg, mesh) -> Stage:
     rows = r.examples_per_step * r.num_samples
     what = f"examples_per_step*num_samples = {rows} vs device_batch_size*devices = {loop.device_batch_size}*{jax.device_count()}"
     num_micro = accumulation(rows, loop.device_batch_size * jax.device_count(), what)
-    num_steps = loop.num_iterations if loop.num_iterations > 0 else (len(train) // r.examples_per_step) * loop.num_epochs
-    if num_steps <= 0:
-        raise ConfigError(f"{len(train)} training problems make no step of {r.examples_per_step} examples")
+    num_steps = epoch_steps(loop.num_iterations, len(train), r.examples_per_step, loop.num_epochs, "training problems")
     print0(f"RL ({cfg.objective}) on GSM8K {cfg.data.subset}: {len(train):,} problems, {num_steps:,} steps x {r.examples_per_step} "
            f"problems x {r.num_samples} samples, {num_micro} passes of {loop.device_batch_size * jax.device_count()} rows")  # fmt: skip
 

@@ -19,7 +19,7 @@ from nanochat_jax.config import parse_args
 from nanochat_jax.loss_eval import evaluate_loss
 from nanochat_jax.schedules import decay_schedule
 from nanochat_jax.tasks.mixtures import eval_tasks, mixture
-from nanochat_jax.trainer import Periodic, Stage, accumulation, execution_overrides, global_batches, run_config
+from nanochat_jax.trainer import Periodic, Stage, accumulation, epoch_steps, execution_overrides, global_batches, run_config
 
 
 def build_stage(cfg, mesh) -> Stage:
@@ -33,9 +33,7 @@ def build_stage(cfg, mesh) -> Stage:
     what = f"target_examples_per_step vs device_batch_size*devices = {loop.device_batch_size}*{jax.device_count()}"
     accum = accumulation(loop.target_examples_per_step, loop.device_batch_size * jax.device_count(), what)
     train, val = mixture(cfg.data.train, cfg.data.task_dir), mixture(cfg.data.val, cfg.data.task_dir)
-    num_steps = loop.num_iterations if loop.num_iterations > 0 else (len(train) // loop.target_examples_per_step) * loop.num_epochs
-    if num_steps <= 0:
-        raise ValueError(f"{len(train)} SFT conversations make no step of {loop.target_examples_per_step} examples")
+    num_steps = epoch_steps(loop.num_iterations, len(train), loop.target_examples_per_step, loop.num_epochs, "SFT conversations")
     print0(f"SFT on {len(train):,} conversations ({cfg.data.train}): {num_steps:,} steps x {loop.target_examples_per_step} "
            f"examples, grad accumulation {accum}; val {len(val):,}")  # fmt: skip
 
