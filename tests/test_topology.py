@@ -4,7 +4,10 @@ Real ``train.pretrain`` runs (``bench.topology``'s launcher: processes joined by
 ``jax.distributed`` on localhost): d2, seq 128, device batch 2, 30 steps, val bpb
 every 10 steps from step 0. Per-step losses and val bpb must agree within 1e-5,
 and a run checkpointed at step 15 on one topology and resumed on the other must
-continue the uninterrupted run.
+continue the uninterrupted run. The single process joins ``jax.distributed`` too,
+so both layouts add gradients with the same (gloo) collectives: XLA's in-process
+all-reduce adds in another order, and that 1-ulp difference alone grows to ~2e-4
+in the loss by step 5 (``python -m bench.topology`` measures it).
 """
 
 import numpy as np

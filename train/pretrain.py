@@ -67,7 +67,7 @@ def ensure_tokenizer(cfg):
 
 
 def build_stage(cfg, mesh) -> Stage:
-    from nanochat_jax.dataloader import build_pretrain_loader, iter_global_batches, split_stream_count
+    from nanochat_jax.dataloader import build_pretrain_loader, iter_global_batches, process_rows, split_stream_count
     from nanochat_jax.dataset import resolve_data_dir
 
     data_dir = resolve_data_dir(cfg.data.data_dir)
@@ -76,6 +76,7 @@ def build_stage(cfg, mesh) -> Stage:
     num_iterations = resolve_num_iterations(cfg, model_config)
     accum = grad_accum_steps(cfg, jax.device_count())
     step_rows = cfg.loop.total_batch_size // cfg.model.max_seq_len  # a step's rows: the same on every topology
+    process_rows(step_rows, cfg.data.streams, jax.process_index(), jax.process_count())  # a bad data.streams fails now
 
     def loader(split: str, streams: int, state=None, prefetch: int | None = None):
         kwargs = {} if prefetch is None else {"prefetch": prefetch}
