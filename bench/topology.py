@@ -103,7 +103,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--processes", type=int, default=2)
     p.add_argument("--devices", type=int, default=4, help="CPU devices per process in the multi-process run")
-    p.add_argument("--resume_at", type=int, default=0, help=">0: also resume each topology from the other's checkpoint at this step")
+    p.add_argument("--resume_at", type=int, default=0,
+                   help=">0: also resume each topology from the other's checkpoint at this step")
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
@@ -121,7 +122,8 @@ def main(argv=None) -> None:
     print(f"val bpb at step 0: 1x{one[1]} {b1[0]:.6f} | {many[0]}x{many[1]} {bm[0]:.6f} | 1x{one[1]} in-process {bi[0]:.6f}")
     print(f"{many[0]}x{many[1]} vs 1x{one[1]}: max |d loss| over {len(l1)} steps {max_diff(l1, lm):.3e}, "
           f"max |d val bpb| {max_diff(b1, bm):.3e}")
-    print(f"{many[0]}x{many[1]} vs 1x{one[1]} in-process: max |d loss| {max_diff(li, lm):.3e}, max |d val bpb| {max_diff(bi, bm):.3e}")
+    print(f"{many[0]}x{many[1]} vs 1x{one[1]} in-process: max |d loss| {max_diff(li, lm):.3e}, "
+          f"max |d val bpb| {max_diff(bi, bm):.3e}")
     for name in sorted(runs.keys() - {"one", "many", "one_in_process"}):
         lr, br = runs[name]
         tail = {k: l1[k] for k in lr}

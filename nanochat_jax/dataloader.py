@@ -224,10 +224,11 @@ def build_pretrain_loader(
     ``data_dir``: ``"sample"`` (embedded corpus), ``None`` (``<base_dir>/base_data``)
     or a directory of ``*.parquet`` shards; train = all shards but the last, val =
     the last. ``step_rows``: rows of one step over all processes; ``streams`` must
-    divide it (see the module doc; process defaults: JAX's). ``prefetch`` steps are
-    prepared by a background thread (0 = none). ``state`` (``get_state()``, or
-    ``merge_states`` of every process's) resumes exactly, also with another batch
-    shape or process layout, but not another mode, stream count, split or tokenizer.
+    divide it (see the module doc; process defaults: JAX's); ``buffer_size`` (bestfit)
+    is per stream. ``prefetch`` steps are prepared by a background thread (0 = none).
+    ``state`` (``get_state()``, or ``merge_states`` of every process's) resumes exactly,
+    also with another batch shape or process layout, but not another mode, stream
+    count, split or tokenizer.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

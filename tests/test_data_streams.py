@@ -15,7 +15,7 @@ import pytest
 
 from nanochat_jax import dataloader as dl
 from nanochat_jax.config import ConfigError
-from nanochat_jax.trainer import StreamBatches
+from nanochat_jax.trainer import StreamBatches, gather_states
 from test_dataloader import ByteTokenizer, corpus, expected_stream, loaders, take, train_files  # noqa: F401 (fixtures)
 
 T = 8
@@ -114,3 +114,8 @@ def test_stream_batches_hand_out_a_step_as_micro_batches(corpus, loaders):
     np.testing.assert_array_equal(np.stack([first["inputs"], second["inputs"]]), want[0].reshape(2, 4, T))
     np.testing.assert_array_equal(np.stack([first["targets"], second["targets"]]), want[1].reshape(2, 4, T))
     assert state["batches"] == 0 and source.get_state()["batches"] == 1
+
+
+def test_gather_states_round_trips_json_in_one_process():
+    state = {"stream_states": {"0": {"buffer": [[0, 3, "AAE="]], "offset": 5}}, "split": {"first": "shard_00000.parquet"}}
+    assert gather_states(state) == [state]
