@@ -54,7 +54,7 @@ def get_tokenizer(args) -> tuple[Tokenizer, str]:
 def bench_mode(tok, args, mode: str) -> dict:
     t0 = time.perf_counter()
     loader = build_pretrain_loader(
-        tok, args.data_dir, "train", args.B, args.T, mode=mode, process_index=0, process_count=1,
+        tok, args.data_dir, "train", args.B, args.T, streams=1, mode=mode, process_index=0, process_count=1,
         **{k: getattr(args, k) for k in KNOBS},
     )
     next(loader)
@@ -65,7 +65,7 @@ def bench_mode(tok, args, mode: str) -> dict:
     for _ in range(args.steps):
         next(loader)
     dt, cpu = time.perf_counter() - t1, time.process_time() - c1
-    epoch = loader.get_state()["epoch"]
+    epoch = loader.get_state()["stream_states"]["0"]["epoch"]
     loader.close()
     gc.collect()
     return {"mode": mode, "first": first, "step_ms": 1e3 * dt / args.steps,

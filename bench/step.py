@@ -56,13 +56,15 @@ def synthetic_batches(args, mesh):
 
 def loader_batches(args, mesh):
     """Real batches from the pretraining loader, as ``train.pretrain`` feeds its step; returns (batches, loader)."""
-    from nanochat_jax.dataloader import build_pretrain_loader, iter_global_microbatches
+    from nanochat_jax.dataloader import DEFAULT_STREAMS, build_pretrain_loader, iter_global_microbatches, split_stream_count
 
     tokenizer = load_tokenizer(args.tokenizer_dir)
     if tokenizer.get_vocab_size() > args.vocab_size:
         raise SystemExit(f"tokenizer vocab {tokenizer.get_vocab_size():,} > --vocab_size {args.vocab_size:,}: its ids would not fit the model")
-    rows = args.device_batch_size * jax.local_device_count()
-    loader = build_pretrain_loader(tokenizer, args.data_dir, "train", rows, args.seq_len, mode=args.loader_mode)
+    step_rows = args.device_batch_size * jax.device_count() * args.grad_accum
+    streams = split_stream_count(DEFAULT_STREAMS, step_rows, "train", args.data_dir)
+    loader = build_pretrain_loader(tokenizer, args.data_dir, "train", step_rows, args.seq_len, streams=streams,
+                                   mode=args.loader_mode)  # fmt: skip
     return iter_global_microbatches(loader, mesh, args.grad_accum), loader
 
 

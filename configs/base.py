@@ -31,6 +31,7 @@ def data_section() -> ml_collections.ConfigDict:
         tokenizer_max_chars=2_000_000_000,
         tokenizer_doc_cap=10_000,
         loader_mode="stream",  # stream (classic) | bestfit (BOS-aligned)
+        streams=8,  # data streams: a step's rows come from these, whatever the process count (must divide its rows)
         tokenizer_threads=4,
     ))
 

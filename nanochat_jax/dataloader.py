@@ -1,10 +1,15 @@
 """Pretraining loader: parquet documents → tokens → packed ``(inputs, targets)``, resumable exactly.
 
 nanochat's two pretraining loaders (``stream``: classic concatenation, ``bestfit``:
-HEAD's BOS-aligned rows, see ``packing``) over this process's strided row groups
-(``parquet_docs``), with grain's prefetch thread in front. The JSON state holds
-document positions, never tokens, and is the one of the last batch handed out, so
-batches waiting in the prefetch queue are not counted as consumed.
+HEAD's BOS-aligned rows, see ``packing``), with grain's prefetch thread in front.
+Unlike nanochat, whose data order depends on the world size, a step's rows are a
+function of the data, the config and the step alone: ``S`` data streams (stream
+``k`` reads row groups ``k, k+S, …``) each pack ``R/S`` rows per step, the step's
+canonical rows are their concatenation, and process ``p`` of ``P`` runs only the
+streams behind its rows ``[p·R/P, (p+1)·R/P)``. Any topology thus trains on the
+same rows. The JSON state holds document positions per stream, never tokens; the
+states of all processes merge (``merge_states``) into the run's, which resumes on
+any topology.
 """
 
 from __future__ import annotations
@@ -13,81 +18,75 @@ import base64
 import itertools
 import os
 import sys
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import grain
 import numpy as np
 
+from nanochat_jax.config import ConfigError
 from nanochat_jax.dataset import parquet_files_for_split
 from nanochat_jax.packing import BestFitPacker, StreamPacker
-from nanochat_jax.parquet_docs import DocKey, DocumentReader, process_row_groups, split_row_groups
+from nanochat_jax.parquet_docs import DocKey, DocumentReader, strided_row_groups, split_row_groups
 
 MODES = ("stream", "bestfit")
-STATE_VERSION = 1
+STATE_VERSION = 2  # 1: one process's row groups; 2: per-stream positions, topology-free
+DEFAULT_STREAMS = 8  # configs' data.streams; the evaluations and benchmarks without a config use it
 
 
-class PretrainBatches:
-    """This process's batches, produced on the prefetch thread; ``get_state``/``set_state`` resume exactly.
+def process_rows(step_rows: int, streams: int, process_index: int, process_count: int) -> tuple[int, int, range]:
+    """``(lo, hi, streams)``: process ``p``'s canonical rows ``[lo, hi)`` of a step and the streams that hold them."""
+    if step_rows % streams or step_rows % process_count:
+        raise ConfigError(f"a step's {step_rows} rows must divide into {streams} data streams and {process_count} "
+                          f"processes; set data.streams to a divisor of {step_rows} (total_batch_size / max_seq_len)")
+    per_stream, per_process = step_rows // streams, step_rows // process_count
+    lo, hi = process_index * per_process, (process_index + 1) * per_process
+    return lo, hi, range(lo // per_stream, -(-hi // per_stream))
 
-    The tokenizer is duck-typed: ``encode(texts, prepend=bos, num_threads=n)``,
-    ``get_bos_token_id()`` and ``get_vocab_size()``. Documents are tokenized
-    ``tokenizer_batch_size`` at a time, never across a row group, BOS first.
+
+def fit_streams(streams: int, step_rows: int, row_groups: int) -> int:
+    """The largest stream count ≤ ``streams`` and ≤ ``row_groups`` that divides ``step_rows`` (e.g. for the val split)."""
+    return max(d for d in range(1, min(streams, row_groups) + 1) if step_rows % d == 0)
+
+
+def split_stream_count(streams: int, step_rows: int, split: str, data_dir) -> int:
+    """``fit_streams`` for a split's row groups (read from the shard footers)."""
+    return fit_streams(streams, step_rows, len(split_row_groups(parquet_files_for_split(split, data_dir))))
+
+
+class DocStream:
+    """One data stream: a reader over row groups ``k, k+S, …`` and its packer; resumable by document position.
+
+    Documents are tokenized ``tokenizer_batch_size`` at a time, never across a row
+    group, BOS first (nanochat's rule).
     """
 
-    def __init__(self, tokenizer, files, batch_size: int, seq_len: int, *, mode: str, process_index: int,
-                 process_count: int, tokenizer_threads: int, tokenizer_batch_size: int, buffer_size: int):
-        self.tokenizer, self.batch_size, self.seq_len, self.mode = tokenizer, batch_size, seq_len, mode
-        self.bos, self.threads = int(tokenizer.get_bos_token_id()), tokenizer_threads
-        groups = split_row_groups(files)
-        self.identity = {  # what a saved state must match: same mode, process layout, shards and tokenizer
-            "version": STATE_VERSION, "mode": mode, "process_index": process_index, "process_count": process_count,
-            "split": {"files": len(files), "row_groups": len(groups), "rows": int(sum(g.num_rows for g in groups)),
-                      "first": files[0].name, "last": files[-1].name},
-            "vocab_size": int(tokenizer.get_vocab_size()), "bos": self.bos,
-        }
-        self.reader = DocumentReader(process_row_groups(groups, process_index, process_count), tokenizer_batch_size)
+    def __init__(self, encode, row_groups, mode: str, tokenizer_batch_size: int, buffer_size: int):
+        self.encode, self.mode = encode, mode
+        self.reader = DocumentReader(row_groups, tokenizer_batch_size)
         chunks = self._chunks()
         self.packer = StreamPacker(chunks) if mode == "stream" else BestFitPacker(chunks, buffer_size)
-        self.batches = 0
-
-    def _encode(self, texts: list[str]) -> list[list[int]]:
-        return self.tokenizer.encode(texts, prepend=self.bos, num_threads=self.threads)
 
     def _chunks(self) -> Iterator[tuple[list[DocKey], list[list[int]]]]:
         while True:  # reads the reader's cursor at every chunk, so a ``seek`` takes effect at once
             keys, texts = self.reader.next_chunk()
-            yield keys, self._encode(texts)
-
-    def __next__(self) -> tuple[np.ndarray, np.ndarray]:
-        out = self.packer.next_batch(self.batch_size, self.seq_len)
-        self.batches += 1
-        return out
+            yield keys, self.encode(texts)
 
     def get_state(self) -> dict[str, Any]:
         position = self.packer.position() if self.mode == "stream" else None
         (epoch, group, row), offset = position or (self.reader.cursor, 0)
         ref = self.reader.row_groups[group]
         buffer = [] if self.mode == "stream" else self._bitmaps(self.packer.keys)
-        return {**self.identity, "batch_size": self.batch_size, "seq_len": self.seq_len, "batches": self.batches,
-                "epoch": epoch, "row_group": group, "row": row, "offset": offset, "buffer": buffer,
+        return {"epoch": epoch, "row_group": group, "row": row, "offset": offset, "buffer": buffer,
                 "pq_idx": ref.file_index, "rg_idx": ref.row_group}  # nanochat's names, for logs only
 
     def set_state(self, state: dict[str, Any]) -> None:
-        for key, value in self.identity.items():
-            if state.get(key) != value:
-                raise ValueError(
-                    f"cannot resume this loader from the given state: {key!r} is {state.get(key)!r} in the state "
-                    f"but {value!r} here. Use the same mode, process layout, shards and tokenizer as the run that "
-                    "saved it, or start the loader without a state."
-                )
         key = (int(state["epoch"]), int(state["row_group"]), int(state["row"]))
         self.reader.seek(*key)
         if self.mode == "stream":
             self.packer.reset(key, int(state["offset"]))
         else:
             keys, texts = self._buffered(state["buffer"])
-            self.packer.reset(keys, self._encode(texts) if texts else [])
-        self.batches = int(state["batches"])
+            self.packer.reset(keys, self.encode(texts) if texts else [])
 
     def _bitmaps(self, keys: list[DocKey]) -> list[list]:
         """Buffered documents as ``[[epoch, row_group, base64 bitmap of rows], …]`` in stream order."""
@@ -103,7 +102,7 @@ class PretrainBatches:
         keys, texts = [], []
         for epoch, group, bitmap in bitmaps:
             if not 0 <= group < len(self.reader.row_groups):
-                raise ValueError(f"state names row group {group} but this process has {len(self.reader.row_groups)}")
+                raise ValueError(f"state names row group {group} but this stream has {len(self.reader.row_groups)}")
             group_texts = self.reader.texts(group)
             bits = np.unpackbits(np.frombuffer(base64.b64decode(bitmap), np.uint8), count=len(group_texts))
             for r in np.flatnonzero(bits).tolist():
@@ -114,15 +113,83 @@ class PretrainBatches:
         return keys, texts
 
 
+class PretrainBatches:
+    """This process's rows of each step, produced on the prefetch thread; ``get_state``/``set_state`` resume exactly.
+
+    The tokenizer is duck-typed: ``encode(texts, prepend=bos, num_threads=n)``,
+    ``get_bos_token_id()`` and ``get_vocab_size()``. Each owned stream packs its
+    ``step_rows / streams`` rows of a step in one packer call, so a stream's tokens
+    do not depend on how a step is split into processes or micro-batches.
+    """
+
+    def __init__(self, tokenizer, files, step_rows: int, seq_len: int, *, mode: str, streams: int, process_index: int,
+                 process_count: int, tokenizer_threads: int, tokenizer_batch_size: int, buffer_size: int):
+        self.tokenizer, self.step_rows, self.seq_len, self.mode = tokenizer, step_rows, seq_len, mode
+        self.bos, self.threads = int(tokenizer.get_bos_token_id()), tokenizer_threads
+        self.lo, self.hi, owned = process_rows(step_rows, streams, process_index, process_count)
+        self.per_stream = step_rows // streams
+        groups = split_row_groups(files)
+        self.identity = {  # what a saved state must match: same mode, streams, shards and tokenizer
+            "version": STATE_VERSION, "mode": mode, "streams": streams,
+            "split": {"files": len(files), "row_groups": len(groups), "rows": int(sum(g.num_rows for g in groups)),
+                      "first": files[0].name, "last": files[-1].name},
+            "vocab_size": int(tokenizer.get_vocab_size()), "bos": self.bos,
+        }
+        self.streams = {k: DocStream(self._encode, strided_row_groups(groups, k, streams), mode, tokenizer_batch_size,
+                                     buffer_size) for k in owned}  # fmt: skip
+        self.batches = 0
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer.encode(texts, prepend=self.bos, num_threads=self.threads)
+
+    def __next__(self) -> tuple[np.ndarray, np.ndarray]:
+        parts = [s.packer.next_batch(self.per_stream, self.seq_len) for s in self.streams.values()]
+        start = self.lo - min(self.streams) * self.per_stream
+        self.batches += 1
+        return tuple(np.ascontiguousarray(np.concatenate(p)[start:start + self.hi - self.lo]) for p in zip(*parts))
+
+    def get_state(self) -> dict[str, Any]:
+        return {**self.identity, "batches": self.batches,
+                "stream_states": {str(k): s.get_state() for k, s in self.streams.items()}}  # fmt: skip
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        check_identity(state, self.identity)
+        states = state["stream_states"]
+        missing = [k for k in self.streams if str(k) not in states]
+        if missing:
+            raise ValueError(f"the state has no position for data stream(s) {missing}: it is one process's state, "
+                             "not the run's (merge every process's state with merge_states)")
+        for k, stream in self.streams.items():
+            stream.set_state(states[str(k)])
+        self.batches = int(state["batches"])
+
+
+def check_identity(state: dict[str, Any], identity: dict[str, Any]) -> None:
+    """Refuse a state from another format, mode, stream count, split or tokenizer, naming the field."""
+    for key, value in identity.items():
+        if state.get(key) != value:
+            raise ValueError(
+                f"cannot resume this loader from the given state: {key!r} is {state.get(key)!r} in the state "
+                f"but {value!r} here. Use the same mode, data.streams, shards and tokenizer as the run that "
+                "saved it (and a state of this version), or start the loader without a state."
+            )
+
+
+def merge_states(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The run's state from every process's ``get_state`` at the same step: the union of their streams."""
+    first = states[0]
+    for s in states[1:]:
+        check_identity(s, {k: v for k, v in first.items() if k != "stream_states"})
+    merged = {}
+    for s in states:  # a stream run by two processes (S not a multiple of P) has the same position in both
+        merged.update(s["stream_states"])
+    if len(merged) != first["streams"]:
+        raise ValueError(f"the processes' states cover {len(merged)} of {first['streams']} data streams")
+    return {**first, "stream_states": dict(sorted(merged.items(), key=lambda kv: int(kv[0])))}
+
+
 class PretrainLoader(grain.experimental.ThreadPrefetchDatasetIterator):
-    """``next`` → this process's ``(inputs, targets)``; exact resume by JSON or by Orbax (``grain.checkpoint``)."""
-
-    def next_global(self, mesh) -> tuple[Any, Any]:
-        """Next step as two global ``jax.Array`` sharded over the mesh's data axis."""
-        from nanochat_jax.sharding import make_global_batch
-
-        inputs, targets = next(self)
-        return make_global_batch(inputs, mesh), make_global_batch(targets, mesh)
+    """``next`` → this process's ``(inputs, targets)`` of a step; exact resume by JSON or by Orbax (``grain.checkpoint``)."""
 
     def __enter__(self) -> "PretrainLoader":
         return self
@@ -139,9 +206,10 @@ def build_pretrain_loader(
     tokenizer,
     data_dir: str | os.PathLike | None,
     split: str,
-    batch_size: int,
+    step_rows: int,
     seq_len: int,
     *,
+    streams: int,
     mode: str = "stream",
     process_index: int | None = None,
     process_count: int | None = None,
@@ -151,19 +219,21 @@ def build_pretrain_loader(
     prefetch: int = 2,
     state: dict[str, Any] | None = None,
 ) -> PretrainLoader:
-    """Infinite iterator of ``(inputs, targets)`` int32 ``(batch_size, seq_len)`` steps.
+    """Infinite iterator of this process's ``(inputs, targets)``, int32 ``(step_rows / process_count, seq_len)``.
 
     ``data_dir``: ``"sample"`` (embedded corpus), ``None`` (``<base_dir>/base_data``)
     or a directory of ``*.parquet`` shards; train = all shards but the last, val =
-    the last. ``batch_size`` is this process's rows; process ``p`` of ``W`` reads row
-    groups ``p, p+W, …`` (defaults: JAX's). ``prefetch`` batches are prepared by a
-    background thread (0 = none). ``state`` (from ``get_state()``) resumes exactly,
-    also with another batch shape, but not another mode, process layout, split or tokenizer.
+    the last. ``step_rows``: rows of one step over all processes; ``streams`` must
+    divide it (see the module doc; process defaults: JAX's); ``buffer_size`` (bestfit)
+    is per stream. ``prefetch`` steps are prepared by a background thread (0 = none).
+    ``state`` (``get_state()``, or ``merge_states`` of every process's) resumes exactly,
+    also with another batch shape or process layout, but not another mode, stream
+    count, split or tokenizer.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if batch_size < 1 or seq_len < 1:
-        raise ValueError(f"batch_size and seq_len must be ≥ 1, got {batch_size}, {seq_len}")
+    if step_rows < 1 or seq_len < 1 or streams < 1:
+        raise ValueError(f"step_rows, seq_len and streams must be ≥ 1, got {step_rows}, {seq_len}, {streams}")
     if tokenizer_batch_size < 1 or tokenizer_threads < 1 or buffer_size < 1 or prefetch < 0:
         raise ValueError("tokenizer_batch_size, tokenizer_threads and buffer_size must be ≥ 1 and prefetch ≥ 0")
     if process_index is None or process_count is None:
@@ -172,7 +242,7 @@ def build_pretrain_loader(
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
     batches = PretrainBatches(
-        tokenizer, parquet_files_for_split(split, data_dir), batch_size, seq_len, mode=mode,
+        tokenizer, parquet_files_for_split(split, data_dir), step_rows, seq_len, mode=mode, streams=streams,
         process_index=process_index, process_count=process_count, tokenizer_threads=tokenizer_threads,
         tokenizer_batch_size=tokenizer_batch_size, buffer_size=buffer_size,
     )
@@ -181,16 +251,27 @@ def build_pretrain_loader(
     return PretrainLoader(batches, prefetch)
 
 
-def iter_global_batches(loader: PretrainLoader, mesh) -> Iterator[tuple[Any, Any]]:
-    """Endless ``(inputs, targets)`` global ``jax.Array`` pairs from ``loader``."""
+def micro_batches(rows: np.ndarray, accum: int) -> np.ndarray:
+    """A process's ``(R/P, …)`` rows of a step as ``accum`` consecutive micro-batches ``(accum, R/(P·accum), …)``."""
+    if len(rows) % accum:
+        raise ConfigError(f"{len(rows)} rows per process do not split into {accum} micro-batches")
+    return rows.reshape(accum, len(rows) // accum, *rows.shape[1:])
+
+
+def iter_global_batches(loader: PretrainLoader, mesh, accum: int = 1) -> Iterator[tuple[Any, Any]]:
+    """Endless ``(inputs, targets)`` global ``jax.Array`` pairs: each step's ``accum`` micro-batches in turn."""
+    from nanochat_jax.sharding import make_global_batch
+
     while True:
-        yield loader.next_global(mesh)
+        xs, ys = (micro_batches(a, accum) for a in next(loader))
+        for x, y in zip(xs, ys):
+            yield make_global_batch(x, mesh), make_global_batch(y, mesh)
 
 
 def iter_global_microbatches(loader: PretrainLoader, mesh, accum: int) -> Iterator[tuple[Any, Any]]:
-    """Endless ``(A, B, T)`` global ``(inputs, targets)`` stacks of ``accum`` steps: one optimizer step's data."""
+    """Endless ``(A, B, T)`` global ``(inputs, targets)`` stacks: one optimizer step's data."""
     from nanochat_jax.sharding import make_global_microbatches
 
     while True:
-        xs, ys = zip(*(next(loader) for _ in range(accum)))
-        yield make_global_microbatches(np.stack(xs), mesh), make_global_microbatches(np.stack(ys), mesh)
+        xs, ys = (micro_batches(a, accum) for a in next(loader))
+        yield make_global_microbatches(xs, mesh), make_global_microbatches(ys, mesh)

@@ -1,7 +1,7 @@
 """Documents of parquet shards: row groups, their texts, and a resumable cursor over them.
 
-The row group is the unit of reading and of striding across processes (nanochat's
-rule); a document is named by ``(epoch, row_group, row)`` so a loader's state can
+The row group is the unit of reading and of striding across data streams (nanochat
+strides across processes); a document is named by ``(epoch, row_group, row)`` so a loader's state can
 point at it without holding text.
 """
 
@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from nanochat_jax.dataset import TEXT_COLUMN, CorruptShardError, validate_shard
 
-DocKey = tuple[int, int, int]  # (epoch, row_group index in this process's list, row)
+DocKey = tuple[int, int, int]  # (epoch, row_group index in this stream's list, row)
 
 
 @dataclass(frozen=True)
@@ -37,15 +37,15 @@ def split_row_groups(files: Sequence[str | os.PathLike]) -> list[RowGroupRef]:
     return refs
 
 
-def process_row_groups(refs: Sequence[RowGroupRef], process_index: int, process_count: int) -> list[RowGroupRef]:
-    """Row groups ``process_index, process_index + process_count, …`` of the flattened list."""
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
-    mine = list(refs[process_index::process_count])
+def strided_row_groups(refs: Sequence[RowGroupRef], index: int, count: int) -> list[RowGroupRef]:
+    """Row groups ``index, index + count, …`` of the flattened list (data stream ``index`` of ``count``)."""
+    if not 0 <= index < count:
+        raise ValueError(f"stream index must be in [0, {count}), got {index}")
+    mine = list(refs[index::count])
     if not mine:
         raise ValueError(
-            f"the split has {len(refs)} row groups but process_count={process_count}: process {process_index} "
-            "would read nothing. Use more shards or fewer processes."
+            f"the split has {len(refs)} row groups but {count} data streams: stream {index} would read nothing. "
+            "Use more shards or fewer data streams (data.streams)."
         )
     return mine
 
@@ -84,7 +84,7 @@ def iter_documents(files: Sequence[str | os.PathLike]) -> Iterator[str]:
 
 
 class DocumentReader:
-    """Cursor ``(epoch, row_group, row)`` over this process's documents, epochs forever.
+    """Cursor ``(epoch, row_group, row)`` over one stream's documents, epochs forever.
 
     ``next_chunk`` returns up to ``chunk_docs`` non-empty documents of a single
     row group (nanochat tokenizes 128 documents of one row group at a time).
@@ -106,7 +106,7 @@ class DocumentReader:
 
     def seek(self, epoch: int, group: int, row: int) -> None:
         if not (epoch >= 0 and 0 <= group < len(self.row_groups) and 0 <= row <= self.row_groups[group].num_rows):
-            raise ValueError(f"position (epoch={epoch}, row_group={group}, row={row}) is outside this process's "
+            raise ValueError(f"position (epoch={epoch}, row_group={group}, row={row}) is outside this stream's "
                              f"{len(self.row_groups)} row groups")
         self.epoch, self.group, self.row = epoch, group, row
 
@@ -120,7 +120,7 @@ class DocumentReader:
             if self.row >= self.row_groups[self.group].num_rows:
                 crossed += 1
                 if crossed > len(self.row_groups):
-                    raise ValueError("every document of this process's row groups is empty: nothing to train on")
+                    raise ValueError("every document of this stream's row groups is empty: nothing to train on")
                 self.group, self.row = self.group + 1, 0
                 if self.group == len(self.row_groups):
                     self.epoch, self.group = self.epoch + 1, 0

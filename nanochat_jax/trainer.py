@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 import signal
 import time
@@ -53,6 +54,8 @@ class BatchSource(Protocol):
 
     def next(self) -> dict[str, np.ndarray]: ...  # {"inputs", "targets"[, "weights"]}: (rows, T) each
     def get_state(self) -> dict: ...  # JSON: enough to regenerate every following batch
+    # Optional ``merge_states(list of every process's state) -> the run's state``: without it a
+    # multi-process checkpoint keeps process 0's state (mid/SFT/RL sources, which resume on the same layout).
     def close(self) -> None: ...
 
 
@@ -136,6 +139,14 @@ def format_eta(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+def gather_states(state: dict) -> list[dict]:
+    """Every process's JSON ``state``, in process order (a collective: every process calls it)."""
+    data = np.frombuffer(json.dumps(state).encode(), np.uint8)
+    padded = np.zeros(agree_max(len(data)), np.uint8)  # JSON holds no NUL byte, so zero padding strips cleanly
+    padded[: len(data)] = data
+    return [json.loads(bytes(row).rstrip(b"\0")) for row in multihost_utils.process_allgather(padded)]
+
+
 def agree_max(value: int) -> int:
     """The largest value over all processes (nanochat's all-reduce MAX, e.g. of last_step)."""
     if jax.process_count() == 1:
@@ -184,19 +195,36 @@ def grad_accum_steps(cfg, num_devices: int) -> int:
 
 
 class StreamBatches:
-    """An endless ``(inputs, targets)`` loader (pretraining's) as a batch source: never exhausted."""
+    """An endless loader of whole steps (pretraining's) as a batch source: ``accum`` micro-batches per step, never exhausted.
+
+    The loader hands out this process's rows of a step; they are split here, so the
+    loader's state is only read between steps, and ``merge_states`` joins every
+    process's state into the run's (resumable on any topology).
+    """
 
     progress, exhausted = 0.0, False
 
-    def __init__(self, loader):
-        self.loader = loader
+    def __init__(self, loader, accum: int):
+        self.loader, self.accum, self.pending = loader, accum, []
 
     def next(self) -> dict:
-        inputs, targets = next(self.loader)
-        return {"inputs": inputs, "targets": targets}
+        from nanochat_jax.dataloader import micro_batches
+
+        if not self.pending:
+            xs, ys = (micro_batches(a, self.accum) for a in next(self.loader))
+            self.pending = [{"inputs": x, "targets": y} for x, y in zip(xs, ys)]
+        return self.pending.pop(0)
 
     def get_state(self) -> dict:
+        if self.pending:
+            raise RuntimeError("the data state was read in the middle of a step")
         return self.loader.get_state()
+
+    @staticmethod
+    def merge_states(states: list[dict]) -> dict:
+        from nanochat_jax.dataloader import merge_states
+
+        return merge_states(states)
 
     def close(self) -> None:
         self.loader.close()
@@ -273,13 +301,20 @@ class Trainer:
             "model_config": self.stage.model_config.model_config_dict(),
             "user_config": self.stage.cfg.to_dict(),
             "evals": self.loop["last"],
-            "data_state": self.held.state_before if self.held else self.source.get_state(),
+            "data_state": self._data_state(),
             "loop_state": self.loop,
             "has_opt_state": self.stage.save_optimizer,
         }
         opt_state = self.state.opt_state if self.stage.save_optimizer else None
         self.checkpointer.save(step, params=self.state.params, opt_state=opt_state, meta=meta)
         print0(f"Checkpoint step {step} -> {self.ckpt_dir}")
+
+    def _data_state(self) -> dict:
+        """The state to resume the data from: with several processes, every process's merged (a collective)."""
+        state = self.held.state_before if self.held else self.source.get_state()
+        if jax.process_count() > 1 and hasattr(self.source, "merge_states"):
+            state = self.source.merge_states(gather_states(state))
+        return state
 
     def _fetch(self) -> _Held:
         state_before = self.source.get_state()

@@ -259,14 +259,14 @@ def test_step_bench_on_real_data_feeds_the_loaders_batches(tmp_path):
     mesh = sharding.make_mesh()
     rows = jax.local_device_count()
     batches, loader = step.loader_batches(args, mesh)
-    with build_pretrain_loader(tok, "sample", "train", rows, 32, prefetch=0) as reference:
-        want = [next(reference) for _ in range(4)]
+    with build_pretrain_loader(tok, "sample", "train", 2 * rows, 32, streams=8, prefetch=0) as reference:
+        want = [next(reference) for _ in range(2)]  # a step: 2 micro-batches of `rows` rows, from 8 streams
     try:
         for k in range(2):
             x, y = next(batches)
             assert x.shape == y.shape == (2, rows, 32) and x.sharding == sharding.microbatch_sharding(mesh)
-            np.testing.assert_array_equal(np.asarray(x), np.stack([want[2 * k][0], want[2 * k + 1][0]]))
-            np.testing.assert_array_equal(np.asarray(y), np.stack([want[2 * k][1], want[2 * k + 1][1]]))
+            np.testing.assert_array_equal(np.asarray(x), want[k][0].reshape(2, rows, 32))
+            np.testing.assert_array_equal(np.asarray(y), want[k][1].reshape(2, rows, 32))
     finally:
         loader.close()
 

@@ -85,6 +85,7 @@ def loaders():
     made = []
 
     def build(*args, **kwargs):
+        kwargs.setdefault("streams", 1)
         kwargs.setdefault("process_index", 0)
         kwargs.setdefault("process_count", 1)
         loader = dl.build_pretrain_loader(*args, **kwargs)
@@ -168,11 +169,11 @@ def train_files(d):
 def test_stream_reproduces_concatenated_token_stream(corpus, loaders, process_count):
     B, T, n = 4, 16, 40  # ~2 epochs per process
     for p in range(process_count):
-        loader = loaders(ByteTokenizer(), corpus, "train", B, T, process_index=p, process_count=process_count,
-                         tokenizer_batch_size=3)
+        loader = loaders(ByteTokenizer(), corpus, "train", B * process_count, T, streams=process_count,
+                         process_index=p, process_count=process_count, tokenizer_batch_size=3)  # process p: stream p
         got = take(loader, n)
         stream = expected_stream(train_files(corpus), p, process_count, n * (B * T + 1))
-        assert loader.get_state()["epoch"] >= 1, "test should cross an epoch"
+        assert loader.get_state()["stream_states"][str(p)]["epoch"] >= 1, "test should cross an epoch"
         for i, (x, y) in enumerate(got):
             step = stream[i * (B * T + 1):(i + 1) * (B * T + 1)]
             assert x.dtype == np.int32 and y.dtype == np.int32
@@ -192,10 +193,10 @@ def test_val_split_is_last_shard(corpus, loaders):
 def test_bestfit_matches_nanochat_reference(corpus, loaders, process_count):
     B, T, buf, chunk, n = 3, 20, 6, 4, 25
     for p in range(process_count):
-        loader = loaders(ByteTokenizer(), corpus, "train", B, T, mode="bestfit", buffer_size=buf,
-                         tokenizer_batch_size=chunk, process_index=p, process_count=process_count)
+        loader = loaders(ByteTokenizer(), corpus, "train", B * process_count, T, mode="bestfit", buffer_size=buf,
+                         tokenizer_batch_size=chunk, streams=process_count, process_index=p, process_count=process_count)
         got = take(loader, n)
-        assert loader.get_state()["epoch"] >= 1, "test should cross an epoch"
+        assert loader.get_state()["stream_states"][str(p)]["epoch"] >= 1, "test should cross an epoch"
         ref = reference_bestfit(expected_chunks(train_files(corpus), p, process_count, chunk), B, T, buf, n)
         for (x, y), rows in zip(got, ref):
             np.testing.assert_array_equal(x, rows[:, :-1])
@@ -242,7 +243,7 @@ def test_processes_read_disjoint_row_groups_covering_the_split(corpus):
     assert len(everything) == 15
     refs = parquet_docs.split_row_groups(files)
     for n in (1, 2, 3, 4, 15):
-        per_process = [[(r.path, r.row_group) for r in parquet_docs.process_row_groups(refs, p, n)] for p in range(n)]
+        per_process = [[(r.path, r.row_group) for r in parquet_docs.strided_row_groups(refs, p, n)] for p in range(n)]
         flat = [x for part in per_process for x in part]
         assert len(flat) == len(set(flat)) == len(everything)
         assert set(flat) == set(everything)
@@ -250,9 +251,9 @@ def test_processes_read_disjoint_row_groups_covering_the_split(corpus):
             assert part == everything[p::n]
 
 
-def test_more_processes_than_row_groups_is_an_error(corpus, loaders):
+def test_more_streams_than_row_groups_is_an_error(corpus, loaders):
     with pytest.raises(ValueError, match="row groups"):
-        loaders(ByteTokenizer(), corpus, "train", 2, 8, process_index=15, process_count=16)
+        loaders(ByteTokenizer(), corpus, "train", 16, 8, streams=16)
 
 
 # ----------------------------------------------------------------------------- resume
@@ -266,7 +267,7 @@ def test_exact_resume_across_epoch_boundary_with_prefetch(corpus, loaders, mode)
     epochs = []
     for _ in range(60):
         next(probe)
-        epochs.append(probe.get_state()["epoch"])
+        epochs.append(probe.get_state()["stream_states"]["0"]["epoch"])
     boundary = epochs.index(1)  # after batch boundary+1 the loader is in epoch 1
     m = 6
     full = take(loaders(ByteTokenizer(), corpus, "train", B, T, **kw), boundary + 4 + m)
@@ -348,12 +349,13 @@ def test_state_holds_positions_not_tokens(corpus, loaders):
     loader = loaders(ByteTokenizer(), corpus, "train", 4, 16, mode="bestfit", buffer_size=40)
     take(loader, 3)
     state = loader.get_state()
-    assert len(state["buffer"]) >= 2  # 40 buffered docs span several row groups of 5
+    stream = state["stream_states"]["0"]
+    assert len(stream["buffer"]) >= 2  # 40 buffered docs span several row groups of 5
     text = json.dumps(state)
     assert len(text) < 1000
-    for epoch, group, bitmap in state["buffer"]:
+    for epoch, group, bitmap in stream["buffer"]:
         assert isinstance(epoch, int) and isinstance(group, int) and isinstance(bitmap, str)
-    numbers = [v for v in state.values() if isinstance(v, list) and v and isinstance(v[0], int)]
+    numbers = [v for v in [*state.values(), *stream.values()] if isinstance(v, list) and v and isinstance(v[0], int)]
     assert numbers == []  # no token lists anywhere
 
 
@@ -370,7 +372,7 @@ def test_stream_state_continues_with_another_batch_shape(corpus, loaders):
 
 @pytest.mark.parametrize("change, field", [
     (dict(mode="bestfit"), "mode"),
-    (dict(process_index=1, process_count=2), "process_index"),
+    (dict(streams=2), "streams"),
 ])
 def test_state_from_a_different_setup_is_refused(corpus, loaders, change, field):
     loader = loaders(ByteTokenizer(), corpus, "train", 2, 8)
@@ -405,13 +407,13 @@ def test_orbax_checkpoint_roundtrip(corpus, tmp_path, loaders):
         np.testing.assert_array_equal(a[0], b[0])
 
 
-def test_next_global_gives_jax_arrays(corpus, loaders):
+def test_global_batches_are_jax_arrays(corpus, loaders):
     from nanochat_jax.sharding import make_mesh
 
     mesh = make_mesh()
     n = mesh.devices.size
     x_np, y_np = next(loaders(ByteTokenizer(), corpus, "train", 2 * n, 8))
-    x, y = loaders(ByteTokenizer(), corpus, "train", 2 * n, 8).next_global(mesh)
+    x, y = next(dl.iter_global_batches(loaders(ByteTokenizer(), corpus, "train", 2 * n, 8), mesh))
     assert x.shape == (2 * n, 8) and str(x.dtype) == "int32"
     np.testing.assert_array_equal(np.asarray(x), x_np)
     np.testing.assert_array_equal(np.asarray(y), y_np)

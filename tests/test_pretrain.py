@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 SECTION = {"depth": "model", "max_seq_len": "model", "tokenizer_vocab_size": "data", "tokenizer_max_chars": "data",
-           "tokenizer_threads": "data", "data_dir": "data", "log_every": "log", "tensorboard": "log"}  # fmt: skip
+           "tokenizer_threads": "data", "data_dir": "data", "streams": "data", "log_every": "log", "tensorboard": "log"}  # fmt: skip
 
 
 def tiny_args(**overrides):
@@ -277,3 +277,8 @@ def test_interrupted_save_leaves_previous_checkpoint_loadable(tmp_path):
 def test_missing_data_dir_says_what_to_do(base_dir):
     with pytest.raises(FileNotFoundError, match="nanochat_jax.dataset"):
         pretrain.run(parse_args(tiny_args(data_dir=str(base_dir / "nowhere"))))
+
+
+def test_streams_that_do_not_divide_a_step_are_a_config_error(base_dir):
+    with pytest.raises(ConfigError, match=r"a step's 8 rows must divide into 3 data streams.*data.streams"):
+        pretrain.run(parse_args(tiny_args(streams=3)))  # 512 tokens / seq 64 = 8 rows

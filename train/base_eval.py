@@ -37,26 +37,27 @@ def core_eval(model, tokenizer, mesh, *, source, tag, step, max_per_task, bundle
 
 def bpb_eval(model, tokenizer, mesh, meta: dict, *, split_tokens: int, device_batch_size: int, data_dir) -> dict:
     """base_loss.py: ``split_tokens // (rows * seq_len)`` steps of each split's pretraining loader."""
-    from nanochat_jax.dataloader import build_pretrain_loader, iter_global_batches
+    from nanochat_jax.dataloader import DEFAULT_STREAMS, build_pretrain_loader, iter_global_batches, split_stream_count
     from nanochat_jax.dataset import resolve_data_dir
     from nanochat_jax.loss_eval import evaluate_bpb
 
     seq_len = model.config.sequence_len
-    rows = device_batch_size * jax.local_device_count()
-    steps = split_tokens // (rows * jax.process_count() * seq_len)
+    rows = device_batch_size * jax.device_count()  # one batch over all processes, split by data streams
+    steps = split_tokens // (rows * seq_len)
     if steps < 1:
-        raise ValueError(f"--split_tokens={split_tokens} is less than one batch ({rows * jax.process_count()} rows x {seq_len} tokens)")
+        raise ValueError(f"--split_tokens={split_tokens} is less than one batch ({rows} rows x {seq_len} tokens)")
     directory = resolve_data_dir(meta.get("data_dir", "") if data_dir is None else data_dir)
     graphdef, params = nnx.split(model)
     bpb = {}
     for split in ("train", "val"):
-        loader = build_pretrain_loader(tokenizer, directory, split, rows, seq_len, prefetch=0)
+        streams = split_stream_count(DEFAULT_STREAMS, rows, split, directory)
+        loader = build_pretrain_loader(tokenizer, directory, split, rows, seq_len, streams=streams, prefetch=0)
         try:
             bpb[f"{split}_bpb"] = evaluate_bpb(graphdef, params, iter_global_batches(loader, mesh), steps, tokenizer.token_bytes())
         finally:
             loader.close()
         print0(f"{split} bpb: {bpb[f'{split}_bpb']:.4f}")
-    return {**bpb, "split_tokens": steps * rows * jax.process_count() * seq_len, "data_dir": str(directory)}
+    return {**bpb, "split_tokens": steps * rows * seq_len, "data_dir": str(directory)}
 
 
 def evaluate(tag: str | None = None, step: int | None = None, *, source="base", evals=("core", "bpb", "sample"), max_per_task=-1,

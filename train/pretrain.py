@@ -67,7 +67,7 @@ def ensure_tokenizer(cfg):
 
 
 def build_stage(cfg, mesh) -> Stage:
-    from nanochat_jax.dataloader import build_pretrain_loader, iter_global_batches
+    from nanochat_jax.dataloader import build_pretrain_loader, iter_global_batches, process_rows, split_stream_count
     from nanochat_jax.dataset import resolve_data_dir
 
     data_dir = resolve_data_dir(cfg.data.data_dir)
@@ -75,18 +75,24 @@ def build_stage(cfg, mesh) -> Stage:
     model_config = model_config_from(cfg.model, tokenizer.get_vocab_size())
     num_iterations = resolve_num_iterations(cfg, model_config)
     accum = grad_accum_steps(cfg, jax.device_count())
-    rows = cfg.loop.device_batch_size * jax.local_device_count()
+    step_rows = cfg.loop.total_batch_size // cfg.model.max_seq_len  # a step's rows: the same on every topology
+    process_rows(step_rows, cfg.data.streams, jax.process_index(), jax.process_count())  # a bad data.streams fails now
 
-    def loader(split: str, state=None, prefetch: int | None = None):
+    def loader(split: str, streams: int, state=None, prefetch: int | None = None):
         kwargs = {} if prefetch is None else {"prefetch": prefetch}
-        return build_pretrain_loader(tokenizer, data_dir, split, rows, cfg.model.max_seq_len, mode=cfg.data.loader_mode,
-                                     tokenizer_threads=cfg.data.tokenizer_threads, state=state, **kwargs)  # fmt: skip
+        return build_pretrain_loader(tokenizer, data_dir, split, step_rows, cfg.model.max_seq_len, streams=streams,
+                                     mode=cfg.data.loader_mode, tokenizer_threads=cfg.data.tokenizer_threads, state=state,
+                                     **kwargs)  # fmt: skip
+
+    val_streams = split_stream_count(cfg.data.streams, step_rows, "val", data_dir)
 
     def val_bpb(ctx) -> dict:
-        steps = max(1, cfg.loop.eval_tokens // (rows * jax.process_count() * cfg.model.max_seq_len))
-        val = loader("val", prefetch=0)
+        # The val set: the first eval_tokens (whole steps' worth, at least one) of the val streams, on any topology.
+        steps = max(1, cfg.loop.eval_tokens // cfg.loop.total_batch_size) * accum
+        val = loader("val", val_streams, prefetch=0)
         try:
-            return {"val/bpb": evaluate_bpb(ctx.graphdef, ctx.params, iter_global_batches(val, mesh), steps, tokenizer.token_bytes())}
+            batches = iter_global_batches(val, mesh, accum)
+            return {"val/bpb": evaluate_bpb(ctx.graphdef, ctx.params, batches, steps, tokenizer.token_bytes())}
         finally:
             val.close()
 
@@ -108,7 +114,7 @@ def build_stage(cfg, mesh) -> Stage:
     return Stage(
         name="base", tag=cfg.loop.model_tag or f"d{cfg.model.depth}", cfg=cfg, model_config=model_config,
         init_model=lambda mesh: GPT(model_config, rngs=nnx.Rngs(cfg.loop.seed)),
-        open_batches=lambda state: StreamBatches(loader("train", state)),
+        open_batches=lambda state: StreamBatches(loader("train", cfg.data.streams, state), accum),
         schedule=base_schedule(num_iterations, o.warmup_ratio, o.warmdown_ratio, o.final_lr_frac),
         grad_accum=accum, tokens_per_step=cfg.loop.total_batch_size, num_steps=num_iterations,
         evals=[Periodic(cfg.loop.eval_every, val_bpb), Periodic(cfg.loop.core_metric_every, core_metric, at_start=False),
