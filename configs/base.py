@@ -18,6 +18,7 @@ def model_section() -> ml_collections.ConfigDict:
         remat="none",  # none | dots | full
         scan_layers=False,
         ce_chunk_size=0,  # >0: loss over sequence chunks of this many positions (saves the full fp32 logits)
+        param_sharding="replicated",  # replicated (nanochat's DDP) | fsdp (params + optimizer state split over devices, ZeRO-3)
     ))
 
 
