@@ -222,12 +222,12 @@ def block_forward(
 
     ``attend(q, k, v) -> (y, aux)`` defaults to causal self-attention; the
     inference engine passes one that reads and writes a KV cache. Under
-    fsdp the weights are gathered here, after the cast (half the traffic in bf16).
+    fsdp the layer's weights are gathered here (``sharding.gather``).
     """
     B, T, C = x.shape
     H, Hkv, D = config.n_head, config.n_kv_head, config.head_dim
     dt = x.dtype
-    w = sharding.gather({k: v.astype(dt) for k, v in p.items()})
+    w = sharding.gather(p, dt)
 
     h = rms_norm(x)
     q = (h @ w["attn_c_q"]).reshape(B, T, H, D)
