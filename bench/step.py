@@ -41,7 +41,7 @@ def parse_args(argv=None):
     add_model_flags(p)
     add_step_flags(p, steps=10, warmup=2)
     p.add_argument("--compile_only", action="store_true", help="compile and report the compiled step's memory, run nothing")
-    p.add_argument("--param_sharding", default="replicated", choices=["replicated", "fsdp"], help="the config's model.param_sharding")
+    p.add_argument("--param_sharding", default="replicated", choices=["replicated", "fsdp"], help="the config's optim.param_sharding")
     return p.parse_args(argv)
 
 

@@ -18,7 +18,6 @@ def model_section() -> ml_collections.ConfigDict:
         remat="none",  # none | dots | full
         scan_layers=False,
         ce_chunk_size=0,  # >0: loss over sequence chunks of this many positions (saves the full fp32 logits)
-        param_sharding="replicated",  # replicated (nanochat's DDP) | fsdp (params + optimizer state split over devices, ZeRO-3)
     ))
 
 
@@ -45,6 +44,7 @@ def optim_section() -> ml_collections.ConfigDict:
         weight_decay=0.0,
         grad_clip=1.0,
         shard_muon=True,
+        param_sharding="replicated",  # replicated (nanochat's DDP) | fsdp (params + optimizer state split over devices, ZeRO-3)
         warmup_ratio=0.0,
         warmdown_ratio=0.2,
         final_lr_frac=0.0,

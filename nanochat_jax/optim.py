@@ -45,7 +45,14 @@ from jax.sharding import Mesh
 
 from nanochat_jax.gpt import GPTConfig
 from nanochat_jax.schedules import DEFAULT_MUON_MOMENTUM
-from nanochat_jax.sharding import DATA_AXIS, check_param_sharding, muon_buffer_sharding, replicated, stacked_sharding
+from nanochat_jax.sharding import (
+    DATA_AXIS,
+    check_param_sharding,
+    fsdp_sharding,
+    muon_buffer_sharding,
+    replicated,
+    stacked_sharding,
+)
 
 # Keller Jordan's quintic coefficients, nanochat's zeropower_via_newtonschulz5.
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -150,7 +157,8 @@ def _muon_scale(kernel_shape: tuple[int, ...]) -> float:
 
 
 def _orthogonalize(
-    mats: list[jax.Array], steps: int, mesh: Mesh | None = None, dtype: str = "bfloat16", split: bool = True
+    mats: list[jax.Array], steps: int, mesh: Mesh | None = None, dtype: str = "bfloat16", split: bool = True,
+    fsdp: bool = False,
 ) -> list[jax.Array]:
     """NS-orthogonalize every kernel ``(..., in, out)``; returns bf16 ``orth(W)ᵀ`` per kernel.
 
@@ -166,7 +174,9 @@ def _orthogonalize(
     replicated (an all-gather, in bf16). Every matrix sees exactly the ops of
     the unsharded path, so the values are identical. ``split=False`` with a
     mesh instead makes the stack whole on every device (fsdp gradients arrive
-    split inside each matrix; NS must not run on pieces of one).
+    split inside each matrix; NS must not run on pieces of one). ``fsdp``
+    returns each result in its parameter's fsdp layout instead of replicated,
+    so no device ever holds every whole update.
     """
     wides = [_to_wide(m).astype(dtype) for m in mats]
     groups: dict[tuple[int, int], list[int]] = {}
@@ -187,12 +197,15 @@ def _orthogonalize(
                 stack = jnp.concatenate([stack, jnp.zeros((pad,) + shape, stack.dtype)], axis=0)
             stack = jax.lax.with_sharding_constraint(stack, stacked_sharding(mesh, stack.shape[0]))
         orth = newton_schulz(stack, steps, dtype)
-        if mesh is not None and split:
-            orth = jax.lax.with_sharding_constraint(orth, replicated(mesh))[:total]
+        if mesh is not None and split and not fsdp:
+            orth = jax.lax.with_sharding_constraint(orth, replicated(mesh))
+        orth = orth[:total]
         offset = 0
         for i, size in zip(idx, sizes):
             piece = orth[offset : offset + size].reshape(wides[i].shape)
             out[i] = _from_wide(piece, mats[i].shape)
+            if fsdp:
+                out[i] = jax.lax.with_sharding_constraint(out[i], fsdp_sharding(out[i].shape, mesh))
             offset += size
     return out
 
@@ -258,7 +271,7 @@ def muon(
             new_bufs.append(buf)
             blended.append(_torch_lerp(g, buf, m))
 
-        orth = _orthogonalize(blended, ns_steps, mesh if (sharded or fsdp) else None, ns_dtype, split=sharded)
+        orth = _orthogonalize(blended, ns_steps, mesh if (sharded or fsdp) else None, ns_dtype, split=sharded, fsdp=fsdp)
 
         new_updates = []
         for u, o in zip(grads, orth):

@@ -219,13 +219,13 @@ class Trainer:
                f"vocab {mc.vocab_size:,}, seq {mc.sequence_len}, compute {mc.compute_dtype}")  # fmt: skip
         self.ckpt_dir = stage_dir(stage.name) / stage.tag
         self.run_dir = get_base_dir() / "runs" / stage.name / stage.tag
-        o, layout = cfg.optim, cfg.model.param_sharding
+        o = cfg.optim
         self.tx = nanochat_optimizer(
             stage.model_config, embedding_lr=o.embedding_lr, unembedding_lr=o.unembedding_lr, matrix_lr=o.matrix_lr,
-            weight_decay=o.weight_decay, mesh=mesh, shard_muon=o.shard_muon, param_sharding=layout,
+            weight_decay=o.weight_decay, mesh=mesh, shard_muon=o.shard_muon, param_sharding=o.param_sharding,
         )  # fmt: skip
         self.graphdef, self.state, self.shardings = init_train_state(
-            stage.init_model(mesh), self.tx, mesh, shard_muon=o.shard_muon, param_sharding=layout
+            stage.init_model(mesh), self.tx, mesh, shard_muon=o.shard_muon, param_sharding=o.param_sharding
         )
         self.step_fn = make_train_step(self.graphdef, self.tx, self.shardings, mesh, grad_clip=o.grad_clip, loss=stage.loss)
         self.checkpointer = Checkpointer(self.ckpt_dir, keep=cfg.loop.keep_checkpoints)
