@@ -175,8 +175,8 @@ def _orthogonalize(
     the unsharded path, so the values are identical. ``split=False`` with a
     mesh instead makes the stack whole on every device (fsdp gradients arrive
     split inside each matrix; NS must not run on pieces of one). ``fsdp``
-    returns each result in its parameter's fsdp layout instead of replicated,
-    so no device ever holds every whole update.
+    returns each result in its parameter's fsdp layout instead of gathering
+    it whole: each device receives only the part of the update it applies.
     """
     wides = [_to_wide(m).astype(dtype) for m in mats]
     groups: dict[tuple[int, int], list[int]] = {}

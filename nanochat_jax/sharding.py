@@ -189,6 +189,7 @@ def gathering(mesh: Mesh | None):
 
 
 def is_gathering() -> bool:
+    """True while tracing under ``gathering`` with a mesh (the model's remat policy depends on it)."""
     return _GATHER_MESH.get() is not None
 
 

@@ -81,7 +81,7 @@ def test_fsdp_matches_replicated_bf16_newton_schulz():
     """nanochat's bf16 NS, whole matrices on every device (no shard_muon).
 
     bf16 rounding amplifies last-ulp gradient differences through five NS
-    iterations (observed: params 1e-3 relative apart), so, as in
+    iterations (observed: block params up to 4e-3 relative apart), so, as in
     test_train_step, each param's total update is compared against the ~3%
     that bf16 NS itself sits from exact arithmetic.
     """
