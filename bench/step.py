@@ -3,6 +3,7 @@
     python -m bench.step --depth 20 --device_batch_size 32 --seq_len 2048          # one H100
     python -m bench.step --depth 2 --vocab_size 512 --seq_len 128 --device_batch_size 4   # CPU smoke
     python -m bench.step --depth 20 --data_dir sample --tokenizer_dir sample_tokenizer   # + the data loader
+    python -m bench.step --depth 32 --param_sharding fsdp --compile_only   # compiled memory, no run
 
 Prints compile time, median step time, tokens/s, MFU (nanochat's FLOPs
 formula and peak table, see nanochat_jax.hardware) and peak device memory.
@@ -32,7 +33,7 @@ from bench.common import add_model_flags, add_step_flags, load_tokenizer, resolv
 from nanochat_jax import hardware, sharding
 from nanochat_jax.gpt import GPT, GPTConfig
 from nanochat_jax.optim import nanochat_optimizer
-from nanochat_jax.train_step import init_train_state, make_train_step
+from nanochat_jax.train_step import abstract_train_state, init_train_state, make_train_step, split_model
 
 
 def parse_args(argv=None):
@@ -40,6 +41,7 @@ def parse_args(argv=None):
     add_model_flags(p)
     add_step_flags(p, steps=10, warmup=2)
     p.add_argument("--compile_only", action="store_true", help="compile and report the compiled step's memory, run nothing")
+    p.add_argument("--param_sharding", default="replicated", choices=["replicated", "fsdp"], help="the config's optim.param_sharding")
     return p.parse_args(argv)
 
 
@@ -68,6 +70,21 @@ def loader_batches(args, mesh):
     return iter_global_microbatches(loader, mesh, args.grad_accum), loader
 
 
+def build_step(args, config: GPTConfig, mesh, compile_only: bool):
+    """The jitted step and its state: real, or (``compile_only``) shapes only, since a replicated
+    d32 would not fit 8 fake CPU devices in host memory."""
+    shard_muon = not args.no_shard_muon
+    layout = getattr(args, "param_sharding", "replicated")  # bench.mfu reuses benchmark() with its own flags
+    tx = nanochat_optimizer(config, mesh=mesh, shard_muon=shard_muon, param_sharding=layout)
+    if compile_only:
+        graphdef, params = split_model(nnx.eval_shape(lambda: GPT(config, rngs=nnx.Rngs(0))))
+        state = abstract_train_state(params, tx, mesh, shard_muon=shard_muon, param_sharding=layout)
+        shardings = jax.tree.map(lambda a: a.sharding, state)
+    else:
+        graphdef, state, shardings = init_train_state(GPT(config, rngs=nnx.Rngs(0)), tx, mesh, shard_muon=shard_muon, param_sharding=layout)
+    return make_train_step(graphdef, tx, shardings, mesh, grad_clip=1.0), state
+
+
 def benchmark(args, compile_only: bool = False) -> dict:
     """One row of results; ``args`` holds the ``bench.common`` model and step flags."""
     dtype = resolve_dtype(args.compute_dtype)
@@ -77,10 +94,7 @@ def benchmark(args, compile_only: bool = False) -> dict:
         ce_chunk_size=args.ce_chunk_size,
     )
     mesh = sharding.make_mesh()
-    shard_muon = not args.no_shard_muon
-    tx = nanochat_optimizer(config, mesh=mesh, shard_muon=shard_muon)
-    graphdef, state, shardings = init_train_state(GPT(config, rngs=nnx.Rngs(0)), tx, mesh, shard_muon=shard_muon)
-    step_fn = make_train_step(graphdef, tx, shardings, mesh, grad_clip=1.0)
+    step_fn, state = build_step(args, config, mesh, compile_only)
 
     loader = None
     if args.data_dir is None:
@@ -118,7 +132,8 @@ def benchmark(args, compile_only: bool = False) -> dict:
         "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
         "config": f"d{args.depth} V={args.vocab_size} T={args.seq_len} B={args.device_batch_size}x{args.grad_accum} {dtype}"
         f" remat={args.remat} scan={args.scan_layers} attn={args.attention_impl} ce_chunk={args.ce_chunk_size}"
-        + ("" if args.data_dir is None else f" data={args.data_dir or 'base_data'} ({args.loader_mode})"),
+        + ("" if args.data_dir is None else f" data={args.data_dir or 'base_data'} ({args.loader_mode})")
+        + f" params={getattr(args, 'param_sharding', 'replicated')} shard_muon={not args.no_shard_muon}",
         "params": config.num_params(),
         "compile_s": compile_s,
         "step_ms": 1000 * step_s if step_s else None,
@@ -128,6 +143,7 @@ def benchmark(args, compile_only: bool = False) -> dict:
         # Scratch = the step's temporaries as compiled (activations, logits, ...); params + optimizer state are args.
         "scratch_gib": None if memory is None else memory.temp_size_in_bytes / 2**30,
         "state_gib": None if memory is None else memory.argument_size_in_bytes / 2**30,
+        "output_gib": None if memory is None else memory.output_size_in_bytes / 2**30,
         "loss": None if metrics is None else float(metrics["loss"]),  # the last step's; bench.mfu compares it across frameworks
         "losses": [float(v) for v in losses],  # every step's loss (before its update): the training trend
         "versions": f"jax {jax.__version__}",
@@ -152,6 +168,7 @@ def print_table(result: dict) -> None:
         ("peak memory", gib(result["peak_mem_gib"])),
         ("compiled: scratch", gib(result["scratch_gib"])),
         ("compiled: args", gib(result["state_gib"]) + " (params, optimizer state, batch)"),
+        ("compiled: outputs", gib(result["output_gib"]) + " (new params, optimizer state, metrics)"),
         ("versions", result["versions"]),
     ]
     width = max(len(k) for k, _ in rows)

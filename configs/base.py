@@ -45,6 +45,7 @@ def optim_section() -> ml_collections.ConfigDict:
         weight_decay=0.0,
         grad_clip=1.0,
         shard_muon=True,
+        param_sharding="replicated",  # replicated (nanochat's DDP) | fsdp (params + optimizer state split over devices, ZeRO-3)
         warmup_ratio=0.0,
         warmdown_ratio=0.2,
         final_lr_frac=0.0,

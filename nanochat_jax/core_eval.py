@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import functools
 import random
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -271,16 +271,24 @@ def task_rows(bundle, spec: TaskSpec, max_per_task: int) -> list[dict]:
 
 
 def evaluate_core(model, tokenizer, bundle_dir=None, max_per_task: int = -1, *, mesh=None, batch_tokens: int | None = None,
-                  log: Callable[[str], None] = print0) -> dict:  # fmt: skip
+                  log: Callable[[str], None] = print0, tasks: Sequence[str] | None = None) -> dict:  # fmt: skip
     """nanochat's ``evaluate_model``: ``{"results", "centered_results", "core_metric"}`` (+ ``bundle``, ``slice``).
 
     ``bundle_dir``: None = the downloaded DCLM bundle, ``"slice"`` = the
     embedded slice (not CORE), or a directory holding an unzipped bundle.
+    ``tasks``: only these labels (a quick look, e.g. the notebook on CPU; the
+    mean is then over those tasks, not CORE); None = every task.
     """
     bundle = resolve_bundle(bundle_dir)
     mesh = sharding.make_mesh() if mesh is None else mesh
+    specs = load_tasks(bundle)
+    if tasks is not None:
+        unknown = set(tasks) - {spec.label for spec in specs}
+        if unknown:
+            raise BundleError(f"unknown CORE task(s) {sorted(unknown)}; {bundle} has {[spec.label for spec in specs]}")
+        specs = [spec for spec in specs if spec.label in tasks]
     results, centered_results = {}, {}
-    for spec in load_tasks(bundle):
+    for spec in specs:
         rows = task_rows(bundle, spec, max_per_task)
         accuracy = float(np.mean(task_outcomes(model, tokenizer, rows, spec, mesh=mesh, batch_tokens=batch_tokens)))
         results[spec.label], centered_results[spec.label] = accuracy, centered(accuracy, spec.baseline)

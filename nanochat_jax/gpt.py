@@ -38,6 +38,8 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
+from nanochat_jax import sharding
+
 SOFTCAP = 15.0
 ROTARY_BASE = 10_000.0
 VOCAB_PAD_MULTIPLE = 64
@@ -219,12 +221,13 @@ def block_forward(
     """One transformer block on ``x (B, T, C)`` with one layer's weights ``p``.
 
     ``attend(q, k, v) -> (y, aux)`` defaults to causal self-attention; the
-    inference engine passes one that reads and writes a KV cache.
+    inference engine passes one that reads and writes a KV cache. Under
+    fsdp the layer's weights are gathered here (``sharding.gather``).
     """
     B, T, C = x.shape
     H, Hkv, D = config.n_head, config.n_kv_head, config.head_dim
     dt = x.dtype
-    w = {k: v.astype(dt) for k, v in p.items()}
+    w = sharding.gather(p, dt)
 
     h = rms_norm(x)
     q = (h @ w["attn_c_q"]).reshape(B, T, H, D)
@@ -245,6 +248,9 @@ def block_forward(
 
 
 def _remat(fn, policy: str):
+    """Wrap a layer for rematerialisation; under fsdp even "none" drops the gathered weights (re-gathered in the backward)."""
+    if policy == "none" and sharding.is_gathering():
+        return jax.checkpoint(fn, policy=jax.checkpoint_policies.save_anything_except_these_names(sharding.GATHERED))
     if policy == "none":
         return fn
     if policy == "dots":
@@ -349,11 +355,11 @@ class GPT(nnx.Module):
 
     # -- pieces shared with the inference engine ---------------------------------
     def embed(self, idx: jax.Array) -> jax.Array:
-        x = jnp.take(self.wte[...], idx, axis=0).astype(self.config.compute_dtype)
+        x = jnp.take(sharding.gather(self.wte[...]), idx, axis=0).astype(self.config.compute_dtype)
         return rms_norm(x)
 
     def logits_from_hidden(self, x: jax.Array) -> jax.Array:
-        return hidden_to_logits(x, self.lm_head[...], self.config.vocab_size)
+        return hidden_to_logits(x, sharding.gather(self.lm_head[...]), self.config.vocab_size)
 
     # -- training / scoring forward ----------------------------------------------
     def __call__(self, idx: jax.Array, targets: jax.Array | None = None, loss_reduction: str = "mean") -> jax.Array:
@@ -367,7 +373,7 @@ class GPT(nnx.Module):
         if targets is None:
             return self.logits_from_hidden(x)
         if 0 < cfg.ce_chunk_size < idx.shape[1]:
-            nll = chunked_token_nll(x, self.lm_head[...], targets, cfg.vocab_size, cfg.ce_chunk_size)
+            nll = chunked_token_nll(x, sharding.gather(self.lm_head[...]), targets, cfg.vocab_size, cfg.ce_chunk_size)
         else:
             nll = token_nll(self.logits_from_hidden(x), targets)
         return reduce_nll(nll, targets, loss_reduction)

@@ -29,6 +29,9 @@ Sharded Muon (``shard_muon=True`` with a multi-device mesh) is the GSPMD
 analogue of nanochat's DistMuon: same-shape matrices are stacked, the stack is
 split over the ``"data"`` axis so each device orthogonalizes its share, and the
 result is gathered back. Values are unchanged; only where the work runs moves.
+With fsdp params (``param_sharding="fsdp"``) the momentum is laid out like its
+parameter, and Newton–Schulz still sees whole matrices: split by layer over
+the devices with ``shard_muon``, or whole on every device without it.
 """
 
 from __future__ import annotations
@@ -42,7 +45,14 @@ from jax.sharding import Mesh
 
 from nanochat_jax.gpt import GPTConfig
 from nanochat_jax.schedules import DEFAULT_MUON_MOMENTUM
-from nanochat_jax.sharding import DATA_AXIS, muon_buffer_sharding, replicated, stacked_sharding
+from nanochat_jax.sharding import (
+    DATA_AXIS,
+    check_param_sharding,
+    fsdp_sharding,
+    muon_buffer_sharding,
+    replicated,
+    stacked_sharding,
+)
 
 # Keller Jordan's quintic coefficients, nanochat's zeropower_via_newtonschulz5.
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -146,7 +156,10 @@ def _muon_scale(kernel_shape: tuple[int, ...]) -> float:
     return max(1.0, kernel_shape[-1] / kernel_shape[-2]) ** 0.5
 
 
-def _orthogonalize(mats: list[jax.Array], steps: int, mesh: Mesh | None = None, dtype: str = "bfloat16") -> list[jax.Array]:
+def _orthogonalize(
+    mats: list[jax.Array], steps: int, mesh: Mesh | None = None, dtype: str = "bfloat16", split: bool = True,
+    fsdp: bool = False,
+) -> list[jax.Array]:
     """NS-orthogonalize every kernel ``(..., in, out)``; returns bf16 ``orth(W)ᵀ`` per kernel.
 
     Kernels are mapped to the wide matrix nanochat iterates on and grouped by
@@ -159,7 +172,11 @@ def _orthogonalize(mats: list[jax.Array], steps: int, mesh: Mesh | None = None, 
     and constrained to ``P("data")``, so GSPMD gives each device 1/n of the
     matrices, as DistMuon's owner ranks; the result is constrained back to
     replicated (an all-gather, in bf16). Every matrix sees exactly the ops of
-    the unsharded path, so the values are identical.
+    the unsharded path, so the values are identical. ``split=False`` with a
+    mesh instead makes the stack whole on every device (fsdp gradients arrive
+    split inside each matrix; NS must not run on pieces of one). ``fsdp``
+    returns each result in its parameter's fsdp layout instead of gathering
+    it whole: each device receives only the part of the update it applies.
     """
     wides = [_to_wide(m).astype(dtype) for m in mats]
     groups: dict[tuple[int, int], list[int]] = {}
@@ -172,18 +189,23 @@ def _orthogonalize(mats: list[jax.Array], steps: int, mesh: Mesh | None = None, 
         sizes = [f.shape[0] for f in flat]
         stack = jnp.concatenate(flat, axis=0) if len(flat) > 1 else flat[0]
         total = stack.shape[0]
-        if mesh is not None:
+        if mesh is not None and not split:
+            stack = jax.lax.with_sharding_constraint(stack, replicated(mesh))
+        elif mesh is not None:
             pad = (-total) % mesh.shape[DATA_AXIS]
             if pad:
                 stack = jnp.concatenate([stack, jnp.zeros((pad,) + shape, stack.dtype)], axis=0)
             stack = jax.lax.with_sharding_constraint(stack, stacked_sharding(mesh, stack.shape[0]))
         orth = newton_schulz(stack, steps, dtype)
-        if mesh is not None:
-            orth = jax.lax.with_sharding_constraint(orth, replicated(mesh))[:total]
+        if mesh is not None and split and not fsdp:
+            orth = jax.lax.with_sharding_constraint(orth, replicated(mesh))
+        orth = orth[:total]
         offset = 0
         for i, size in zip(idx, sizes):
             piece = orth[offset : offset + size].reshape(wides[i].shape)
             out[i] = _from_wide(piece, mats[i].shape)
+            if fsdp:
+                out[i] = jax.lax.with_sharding_constraint(out[i], fsdp_sharding(out[i].shape, mesh))
             offset += size
     return out
 
@@ -204,6 +226,7 @@ def muon(
     ns_dtype: str = "bfloat16",
     mesh: Mesh | None = None,
     shard_muon: bool = False,
+    param_sharding: str = "replicated",
 ) -> optax.GradientTransformationExtraArgs:
     """nanochat's classic Muon as an optax transform (returns the full update ``-lr*scale*O``).
 
@@ -216,10 +239,13 @@ def muon(
     ``shard_muon=True`` with a mesh whose ``"data"`` axis has n > 1 devices
     splits NS work over the devices (see ``_orthogonalize``) and keeps
     momentum buffers sharded on their stack axis where it divides by n.
+    ``param_sharding="fsdp"`` keeps each buffer in its parameter's fsdp layout.
     """
-    if shard_muon and mesh is None:
-        raise ValueError("shard_muon=True needs the device mesh (mesh=...)")
-    sharded = bool(shard_muon) and mesh is not None and mesh.shape[DATA_AXIS] > 1
+    if (shard_muon or check_param_sharding(param_sharding) == "fsdp") and mesh is None:
+        raise ValueError("shard_muon=True and param_sharding='fsdp' need the device mesh (mesh=...)")
+    multi = mesh is not None and mesh.shape[DATA_AXIS] > 1
+    sharded = bool(shard_muon) and multi
+    fsdp = param_sharding == "fsdp" and multi
 
     def init_fn(params):
         def zeros(p):
@@ -240,12 +266,12 @@ def muon(
         for g, buf in zip(grads, bufs):
             g = g.astype(jnp.float32)
             buf = _torch_lerp(buf, g, 1 - m)
-            if sharded:
-                buf = jax.lax.with_sharding_constraint(buf, muon_buffer_sharding(buf.shape, mesh))
+            if sharded or fsdp:
+                buf = jax.lax.with_sharding_constraint(buf, muon_buffer_sharding(buf.shape, mesh, param_sharding))
             new_bufs.append(buf)
             blended.append(_torch_lerp(g, buf, m))
 
-        orth = _orthogonalize(blended, ns_steps, mesh if sharded else None, ns_dtype)
+        orth = _orthogonalize(blended, ns_steps, mesh if (sharded or fsdp) else None, ns_dtype, split=sharded, fsdp=fsdp)
 
         new_updates = []
         for u, o in zip(grads, orth):
@@ -370,6 +396,7 @@ def nanochat_optimizer(
     ns_dtype: str = "bfloat16",
     mesh: Mesh | None = None,
     shard_muon: bool = False,
+    param_sharding: str = "replicated",
 ) -> optax.GradientTransformationExtraArgs:
     """nanochat's ``setup_optimizers`` as one transform over the GPT param tree.
 
@@ -378,13 +405,15 @@ def nanochat_optimizer(
     nanochat. Call ``update(grads, state, params, lr_multiplier=lrm,
     muon_momentum=m)``; both default to 1.0 / 0.95 when omitted. ``ns_dtype``
     is nanochat's bf16 by default; "float32" exists for exactness tests.
+    ``param_sharding`` must match the layout ``init_train_state`` is given.
     """
     dmodel_lr_scale = (config.n_embd / 768) ** -0.5
     adam = {"betas": tuple(adam_betas), "eps": adam_eps, "weight_decay": weight_decay}
     transforms = {
         "embedding": adamw_group(embedding_lr * dmodel_lr_scale, **adam),
         "unembedding": adamw_group(unembedding_lr * dmodel_lr_scale, **adam),
-        "muon": muon(matrix_lr, ns_steps=ns_steps, ns_dtype=ns_dtype, mesh=mesh, shard_muon=shard_muon),
+        "muon": muon(matrix_lr, ns_steps=ns_steps, ns_dtype=ns_dtype, mesh=mesh, shard_muon=shard_muon,
+                     param_sharding=param_sharding),
     }
     return optax.partition(transforms, param_labels)
 

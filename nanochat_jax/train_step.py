@@ -83,14 +83,17 @@ def make_train_step(graphdef, tx, state_shardings: TrainState, mesh, *, grad_cli
     """Compile ``step(state, batch, lr_multiplier, muon_momentum) -> (state, metrics)``.
 
     ``state`` is donated: its buffers are reused for the new state, so a step
-    needs one copy of params + optimizer state, not two.
+    needs one copy of params + optimizer state, not two. Params that are not
+    replicated (fsdp) are gathered layer by layer in the forward.
     """
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; expected one of {sorted(LOSSES)}")
     scalar = sharding.replicated(mesh)
+    split_params = not all(s.is_fully_replicated for s in jax.tree.leaves(state_shardings.params))
 
     def step(state: TrainState, batch, lr_multiplier, muon_momentum):
-        value, grads = accumulated_grads(graphdef, state.params, batch, loss)
+        with sharding.gathering(mesh if split_params else None):
+            value, grads = accumulated_grads(graphdef, state.params, batch, loss)
         grads, grad_norm = clip_by_global_norm(grads, grad_clip)
         updates, opt_state = tx.update(
             grads, state.opt_state, state.params, lr_multiplier=lr_multiplier, muon_momentum=muon_momentum
@@ -106,12 +109,27 @@ def make_train_step(graphdef, tx, state_shardings: TrainState, mesh, *, grad_cli
     )
 
 
-def init_train_state(model: GPT, tx, mesh, *, shard_muon: bool) -> tuple[nnx.GraphDef, TrainState, TrainState]:
-    """Place params (replicated) and a fresh optimizer state on the mesh: ``(graphdef, state, shardings)``."""
+def abstract_train_state(params, tx, mesh, *, shard_muon: bool, param_sharding: str = "replicated") -> TrainState:
+    """Shape, dtype and sharding of every state leaf, from real or abstract params; allocates nothing.
+
+    ``param_sharding`` ("replicated" or "fsdp", see ``sharding``) must be the
+    one ``tx`` was built with.
+    """
+    opt = jax.eval_shape(tx.init, params)
+    shardings = TrainState(
+        sharding.param_shardings(params, mesh, param_sharding),
+        sharding.opt_state_shardings(opt, mesh, shard_muon=shard_muon, param_sharding=param_sharding),
+    )
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), TrainState(params, opt), shardings)
+
+
+def init_train_state(
+    model: GPT, tx, mesh, *, shard_muon: bool, param_sharding: str = "replicated"
+) -> tuple[nnx.GraphDef, TrainState, TrainState]:
+    """Place params and a fresh optimizer state on the mesh: ``(graphdef, state, shardings)``."""
     graphdef, params = split_model(model)
-    param_shardings = jax.tree.map(lambda _: sharding.replicated(mesh), params)
-    params = jax.device_put(params, param_shardings)
-    abstract_opt = jax.eval_shape(tx.init, params)
-    opt_sh = sharding.opt_state_shardings(abstract_opt, mesh, shard_muon=shard_muon)
-    opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
-    return graphdef, TrainState(params, opt_state), TrainState(param_shardings, opt_sh)
+    abstract = abstract_train_state(params, tx, mesh, shard_muon=shard_muon, param_sharding=param_sharding)
+    shardings = jax.tree.map(lambda a: a.sharding, abstract)
+    params = jax.device_put(params, shardings.params)
+    opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+    return graphdef, TrainState(params, opt_state), shardings

@@ -32,7 +32,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from nanochat_jax import hardware, sharding
-from nanochat_jax.checkpoint import Checkpointer, abstract_params, stage_dir
+from nanochat_jax.checkpoint import Checkpointer, stage_dir
 from nanochat_jax.common import get_base_dir, print0
 from nanochat_jax.config import ConfigError
 from nanochat_jax.gpt import GPT, GPTConfig
@@ -257,10 +257,12 @@ class Trainer:
         self.run_dir = get_base_dir() / "runs" / stage.name / stage.tag
         o = cfg.optim
         self.tx = nanochat_optimizer(
-            stage.model_config, embedding_lr=o.embedding_lr, unembedding_lr=o.unembedding_lr,
-            matrix_lr=o.matrix_lr, weight_decay=o.weight_decay, mesh=mesh, shard_muon=o.shard_muon,
+            stage.model_config, embedding_lr=o.embedding_lr, unembedding_lr=o.unembedding_lr, matrix_lr=o.matrix_lr,
+            weight_decay=o.weight_decay, mesh=mesh, shard_muon=o.shard_muon, param_sharding=o.param_sharding,
         )  # fmt: skip
-        self.graphdef, self.state, self.shardings = init_train_state(stage.init_model(mesh), self.tx, mesh, shard_muon=o.shard_muon)
+        self.graphdef, self.state, self.shardings = init_train_state(
+            stage.init_model(mesh), self.tx, mesh, shard_muon=o.shard_muon, param_sharding=o.param_sharding
+        )
         self.step_fn = make_train_step(self.graphdef, self.tx, self.shardings, mesh, grad_clip=o.grad_clip, loss=stage.loss)
         self.checkpointer = Checkpointer(self.ckpt_dir, keep=cfg.loop.keep_checkpoints)
         self.loop = {"smooth_train_loss": 0.0, "total_training_time": 0.0, "mfu_sum": 0.0, "mfu_count": 0, "min": {}, "last": {}}
@@ -281,13 +283,9 @@ class Trainer:
         step, meta = self.checkpointer.restore_meta(loop.resume_step if loop.resume_step >= 0 else None)
         if not meta.get("has_opt_state"):
             raise ValueError(f"checkpoint step {step} in {self.ckpt_dir} holds no optimizer state, so it cannot be resumed")
-        abstract_opt = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), self.state.opt_state, self.shardings.opt_state
-        )
-        restored = self.checkpointer.restore(
-            step, abstract_params=abstract_params(self.stage.model_config, sharding.replicated(self.mesh)),
-            abstract_opt_state=abstract_opt,
-        )  # fmt: skip
+        # Checkpoints hold whole arrays: they restore onto this run's layout, whichever layout saved them.
+        abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), self.state, self.shardings)
+        restored = self.checkpointer.restore(step, abstract_params=abstract.params, abstract_opt_state=abstract.opt_state)
         self.state, step, meta = TrainState(restored["params"], restored["opt_state"]), restored["step"], restored["meta"]
         self.loop.update(meta["loop_state"])
         print0(f"Resumed from {self.ckpt_dir} step {step}")

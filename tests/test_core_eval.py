@@ -212,6 +212,11 @@ def test_centered_accuracy_and_core_by_hand(tmp_path, monkeypatch, model, tok):
     assert out["results"] == {"A": 0.75, "B": 0.25, "C": 0.25}
     assert out["centered_results"] == pytest.approx({"A": 2 / 3, "B": 0.25, "C": -0.5})
     assert out["core_metric"] == pytest.approx(5 / 36) and out["slice"] is False
+    some = core_eval.evaluate_core(model, tok, tmp_path, log=lambda s: None, tasks=["C", "A"])
+    assert list(some["results"].items()) == [("A", 0.75), ("C", 0.25)]  # bundle order, only those tasks
+    assert some["core_metric"] == pytest.approx((2 / 3 - 0.5) / 2)
+    with pytest.raises(core_eval.BundleError, match=r"unknown CORE task\(s\) \['D'\]"):
+        core_eval.evaluate_core(model, tok, tmp_path, tasks=["A", "D"])
 
 
 # ----------------------------------------------------------------------------- malformed files

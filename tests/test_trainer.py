@@ -86,10 +86,11 @@ def param_norm(ctx):
     return {"val/param_norm": float(sum(np.sum(np.square(x)) for x in jax.tree.leaves(ctx.params)))}
 
 
-def make_stage(kind, tag, *, save_every=-1, resume=False, poison_row=None):
+def make_stage(kind, tag, *, save_every=-1, resume=False, poison_row=None, param_sharding="replicated"):
     loop = loop_section()
     loop.save_every, loop.resume = save_every, resume
     cfg = ml_collections.ConfigDict(dict(optim=optim_section(), loop=loop, log=log_section()))
+    cfg.optim.param_sharding = param_sharding
     cfg.log.tensorboard = False
     common = dict(cfg=cfg, model_config=MC, init_model=random_model, tokens_per_step=2 * ROWS * T,
                   evals=[trainer.Periodic(3, param_norm)])  # fmt: skip
@@ -109,6 +110,18 @@ def logged(base_dir, stage, tag, key):
 def final_params(base_dir, stage, tag):
     model, meta = checkpoint.load_model_checkpoint(base_dir / checkpoint.STAGE_DIRS[stage] / tag)
     return jax.tree.leaves(nnx.state(model, nnx.Param)), meta
+
+
+def keep_only_step(base_dir, stage, tag, step):
+    """Delete every checkpoint but ``step`` and the run's log, as if the run had stopped there."""
+    import shutil
+
+    ckpt = checkpoint.Checkpointer(base_dir / checkpoint.STAGE_DIRS[stage] / tag)
+    assert step in ckpt.all_steps()
+    for s in ckpt.all_steps():
+        if s != step:
+            shutil.rmtree(base_dir / checkpoint.STAGE_DIRS[stage] / tag / str(s))
+    (base_dir / "runs" / stage / tag / "metrics.jsonl").unlink()
 
 
 @pytest.fixture
@@ -135,14 +148,7 @@ def test_two_stages_run_resume_and_log_through_one_runner(base_dir, kind, stage)
         assert [lrm[s] for s in range(6)] == pytest.approx([0.05 * (1 - s / 6) for s in range(6)])
 
     trainer.run_stage(make_stage(kind, "half", save_every=2), mesh)
-    ckpt = checkpoint.Checkpointer(base_dir / checkpoint.STAGE_DIRS[stage] / "half")
-    assert 2 in ckpt.all_steps()
-    import shutil
-
-    for step in ckpt.all_steps():
-        if step != 2:
-            shutil.rmtree(base_dir / checkpoint.STAGE_DIRS[stage] / "half" / str(step))
-    (base_dir / "runs" / stage / "half" / "metrics.jsonl").unlink()
+    keep_only_step(base_dir, stage, "half", 2)
     resumed = trainer.run_stage(make_stage(kind, "half", save_every=2, resume=True), mesh)
     assert resumed["iterations"] == full["iterations"]
     resumed_losses = logged(base_dir, stage, "half", "train/raw_loss")
@@ -152,6 +158,25 @@ def test_two_stages_run_resume_and_log_through_one_runner(base_dir, kind, stage)
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
     assert meta["stage"] == stage and meta["evals"]["val/param_norm"] == full["final_val_param_norm"]
+
+
+def test_fsdp_run_resumes_replicated_and_continues_the_same_run(base_dir):
+    """optim.param_sharding=fsdp through the runner; its checkpoint (whole arrays) resumes in the replicated layout.
+
+    The resumed steps run replicated, so they match the all-fsdp run up to the
+    gradient reduction order (tests/test_fsdp.py), not bit for bit.
+    """
+    mesh = sharding.make_mesh()
+    full = trainer.run_stage(make_stage("lm", "run", save_every=2, param_sharding="fsdp"), mesh)
+    losses, (final, _) = logged(base_dir, "mid", "run", "train/raw_loss"), final_params(base_dir, "mid", "run")
+    keep_only_step(base_dir, "mid", "run", 2)
+    resumed = trainer.run_stage(make_stage("lm", "run", save_every=2, resume=True), mesh)
+    assert resumed["iterations"] == full["iterations"] == 5
+    resumed_losses = logged(base_dir, "mid", "run", "train/raw_loss")
+    assert sorted(resumed_losses) == [2, 3, 4]
+    np.testing.assert_allclose([resumed_losses[s] for s in (2, 3, 4)], [losses[s] for s in (2, 3, 4)], rtol=1e-5)
+    for x, y in zip(final, final_params(base_dir, "mid", "run")[0]):
+        assert np.linalg.norm(x - y) <= 1e-4 * np.linalg.norm(y)
 
 
 @pytest.mark.parametrize("kind,stage", [("lm", "mid"), ("pg", "rl")])
