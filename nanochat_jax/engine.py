@@ -30,8 +30,8 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from nanochat_jax import calculator, sharding
-from nanochat_jax.gpt import (GPT, GPTConfig, block_forward, causal_attention, resolve_attention_impl, rotary_at, rotary_slice,
-                              validate_tokens)
+from nanochat_jax.gpt import GPT, validate_tokens
+from nanochat_jax.kv_cache import KVCache, forward_cached, init_cache, layer_weights, run_layers
 
 DEFAULT_CHUNK = 32
 FORCED_QUEUE = 128  # F: longest forced sequence (<|output_start|> ... <|output_end|>)
@@ -41,15 +41,6 @@ MIN_TOPK_BUCKET = 64
 DEFAULT_SEED = 42  # nanochat's generate() default
 
 
-class KVCache(NamedTuple):
-    """Preallocated keys/values for every layer, the shared write position and each row's first real slot."""
-
-    k: jax.Array  # (n_layer, B, T_max, n_kv_head, head_dim), compute dtype
-    v: jax.Array
-    pos: jax.Array  # int32 scalar: slots 0..pos-1 have been written
-    start: jax.Array  # (B,) int32: row r's slots before start[r] are left padding, never attended
-
-
 class DecodeState(NamedTuple):
     """What the compiled decode loop carries from one chunk to the next."""
 
@@ -57,14 +48,6 @@ class DecodeState(NamedTuple):
     logits: jax.Array  # (B, vocab) fp32: next-token logits for every row
     done: jax.Array  # (B,) bool: row emitted <|assistant_end|> or <|bos|> (or is batch padding)
     keys: jax.Array  # (B, 2) uint32: row (i, j)'s key fold_in(PRNGKey(seed_i), j); step s folds in s
-
-
-def init_cache(config: GPTConfig, batch_size: int, t_max: int, dtype=None) -> KVCache:
-    """An empty cache; allocated once per generation at its final size, so shapes never change."""
-    shape = (config.n_layer, batch_size, t_max, config.n_kv_head, config.head_dim)
-    dtype = jnp.dtype(dtype or config.compute_dtype)
-    zeros = jnp.zeros((batch_size,), jnp.int32)
-    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32), zeros)
 
 
 def bucket(n: int, minimum: int, cap: int | None = None) -> int:
@@ -83,81 +66,6 @@ def bucket(n: int, minimum: int, cap: int | None = None) -> int:
     if b < n:
         raise ValueError(f"{n} positions exceed the limit of {cap}")
     return b
-
-
-# --------------------------------------------------------------------------- model with a cache
-
-
-def _masked_cache_attention(q, k_layer, v_layer, pos, start):
-    """Queries at slots ``pos .. pos+Tq-1`` over all ``T_max`` cached keys.
-
-    The mask is ``(B, Tq, T_max)`` -- never ``T_max x T_max`` -- and hides
-    future and never-written slots and each row's left padding. The XLA
-    kernel computes scores and softmax in fp32, as the training kernel on CPU does.
-    """
-    Tq, T_max = q.shape[1], k_layer.shape[1]
-    key_slot = jnp.arange(T_max, dtype=jnp.int32)[None, None, :]
-    q_slot = (pos + jnp.arange(Tq, dtype=jnp.int32))[None, :, None]
-    mask = (key_slot <= q_slot) & (key_slot >= start[:, None, None])
-    return jax.nn.dot_product_attention(q, k_layer, v_layer, mask=mask[:, None], implementation="xla")
-
-
-def _run_layers(model: GPT, x: jax.Array, cache: KVCache, fresh: bool):
-    """All blocks over ``x (B, Tq, C)`` at slots ``cache.pos ..``; returns (x, cache).
-
-    Each layer writes its new K/V into the full cache array at ``(layer, :,
-    pos)`` -- an in-place update inside the compiled program -- and attends to
-    that layer's slice. ``fresh`` (prefill of right-padded rows from slot 0)
-    attends causally over the new keys alone, the same kernel as training;
-    otherwise attention reads the cache through the slot mask, and row r's
-    rotary position at slot t is ``t - start[r]``.
-    """
-    cfg = model.config
-    Tq = x.shape[1]
-    pos = cache.pos
-    if fresh:
-        cos, sin = rotary_slice(cfg, Tq)
-    else:
-        cos, sin = rotary_at(cfg, pos + jnp.arange(Tq, dtype=jnp.int32)[None, :] - cache.start[:, None])
-    impl = resolve_attention_impl(cfg)
-
-    def one_layer(x, p, i, kc, vc):
-        def attend(q, k, v):
-            kc2 = jax.lax.dynamic_update_slice(kc, k[None].astype(kc.dtype), (i, 0, pos, 0, 0))
-            vc2 = jax.lax.dynamic_update_slice(vc, v[None].astype(vc.dtype), (i, 0, pos, 0, 0))
-            if fresh:
-                y = causal_attention(q, k, v, impl)
-            else:
-                y = _masked_cache_attention(q, kc2[i], vc2[i], pos, cache.start)
-            return y, (kc2, vc2)
-
-        x, (kc, vc) = block_forward(x, p, cos, sin, cfg, attend=attend)
-        return x, kc, vc
-
-    params = model.h.stacked()
-    kc, vc = cache.k, cache.v
-    if cfg.scan_layers:
-
-        def body(carry, xs):
-            x, kc, vc = carry
-            p, i = xs
-            return one_layer(x, p, i, kc, vc), None
-
-        (x, kc, vc), _ = jax.lax.scan(body, (x, kc, vc), (params, jnp.arange(cfg.n_layer, dtype=jnp.int32)))
-    else:
-        for i in range(cfg.n_layer):
-            x, kc, vc = one_layer(x, {k: v[i] for k, v in params.items()}, i, kc, vc)
-    return x, KVCache(kc, vc, pos + Tq, cache.start)
-
-
-def forward_cached(model: GPT, idx: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
-    """Logits ``(B, Tq, vocab)`` for ``idx`` placed at ``cache.pos ..``, and the updated cache.
-
-    The general path (any position, any chunk length); usable eagerly or
-    under ``jit``. The caller must keep ``cache.pos + Tq <= T_max``.
-    """
-    x, cache = _run_layers(model, model.embed(idx), cache, fresh=False)
-    return model.logits_from_hidden(x), cache
 
 
 # --------------------------------------------------------------------------- sampling
@@ -217,15 +125,15 @@ def _prefill_jit(graphdef, state, tokens, lengths, rows, samples, seeds, done, *
     model = nnx.merge(graphdef, state)
     N, P_b = tokens.shape
     cache = init_cache(model.config, N, P_b)
-    x, cache = _run_layers(model, model.embed(tokens), cache, fresh=True)
+    x, cache = run_layers(model, model.embed(tokens), cache, fresh=True)
     last = jnp.take_along_axis(x, (lengths - 1)[:, None, None], axis=1)
     logits = model.logits_from_hidden(last)[:, 0]
     L = jnp.max(lengths)
     shift = L - lengths
 
     def place(a):
-        a = jax.vmap(lambda row, s: jnp.roll(row, s, axis=1), in_axes=(1, 0), out_axes=1)(a, shift)
-        return jnp.pad(jnp.take(a, rows, axis=1), ((0, 0), (0, 0), (0, t_max - P_b), (0, 0), (0, 0)))
+        a = jax.vmap(lambda row, s: jnp.roll(row, s, axis=2), in_axes=(1, 0), out_axes=1)(a, shift)
+        return jnp.pad(jnp.take(a, rows, axis=1), ((0, 0), (0, 0), (0, 0), (0, t_max - P_b), (0, 0)))
 
     keys = jax.vmap(lambda s, j: jax.random.fold_in(jax.random.PRNGKey(s), j))(seeds, samples)
     cache = KVCache(place(cache.k), place(cache.v), L.astype(jnp.int32), shift[rows].astype(jnp.int32))
@@ -248,6 +156,7 @@ def _decode_jit(graphdef, state, dstate, queue, q_len, q_pos, step0, n_steps, te
     end_id, bos_id, py_end_id = special[0], special[1], special[2]
     F = queue.shape[1]
     fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
+    weights = layer_weights(model)  # sliced once, outside the loop
 
     def cond(carry):
         i, _, _, _, _, stop = carry
@@ -264,7 +173,7 @@ def _decode_jit(graphdef, state, dstate, queue, q_len, q_pos, step0, n_steps, te
         masks = jax.lax.dynamic_update_slice(masks, (~forced).astype(jnp.int32)[:, None], (0, i))
         tool_call = (tok == py_end_id) & ~ds.done
         done = ds.done | (tok == end_id) | (tok == bos_id)
-        logits, cache = forward_cached(model, tok[:, None], ds.cache)
+        logits, cache = forward_cached(model, tok[:, None], ds.cache, weights)
         stop = jnp.all(done) | jnp.any(tool_call)
         return i + 1, DecodeState(cache, logits[:, 0], done, ds.keys), q_pos, toks, masks, stop
 

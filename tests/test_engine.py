@@ -136,14 +136,14 @@ def test_prefill_bucket_padding_and_replication(tok, model):
         np.testing.assert_allclose(logits[r], ref, atol=1e-5, rtol=1e-5)
     assert int(ds.cache.pos) == len(prompt)
     k = np.asarray(ds.cache.k)
-    assert k.shape == (2, 4, 64, 1, 32)
+    assert k.shape == (2, 4, 1, 64, 32)  # (layer, row, kv head, slot, head dim)
     np.testing.assert_array_equal(k[:, 0], k[:, 3])
     # The prompt's K/V agree with a cache built token-by-token through the masked path.
     cache = E.init_cache(model.config, 2, 64)
     for t in prompt:
         _, cache = cached_forward(model, np.array([[t], [t]], np.int32), cache)
     P = len(prompt)
-    np.testing.assert_allclose(k[:, 0, :P], np.asarray(cache.k)[:, 0, :P], atol=1e-5)
+    np.testing.assert_allclose(k[:, 0, :, :P], np.asarray(cache.k)[:, 0, :, :P], atol=1e-5)
 
 
 # --------------------------------------------------------------------------- decoding
