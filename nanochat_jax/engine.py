@@ -2,7 +2,7 @@
 
 nanochat runs one forward per token from Python and grows its cache; under JAX
 that recompiles per shape and pays a host round trip per token. Here shapes
-never change during a generation: the cache ``(n_layer, B, T_max, n_kv_head,
+never change during a generation: the cache ``(n_layer, B, n_kv_head, T_max,
 head_dim)`` is allocated once, prompts, prompt counts and ``T_max`` are rounded
 up to buckets (:func:`bucket`) so nearby sizes share programs, and decoding
 runs in chunks (one ``lax.while_loop``) that return to the host only to stream,
@@ -74,23 +74,29 @@ def bucket(n: int, minimum: int, cap: int | None = None) -> int:
 def sample_tokens(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_k: jax.Array, k_max: int | None) -> jax.Array:
     """One token per row of ``logits (B, V)``, row keys ``(B, 2)``: argmax at temperature 0, else softmax(l/T) over the top k.
 
-    Each row draws with its own key, so a row's token does not depend on the
-    other rows. ``temperature`` and ``top_k`` are traced, so changing them does
-    not recompile; at temperature 0 a ``lax.cond`` skips the sampling work.
-    ``k_max`` (static, >= top_k) is the width of ``lax.top_k``; candidates
-    ranked past ``top_k`` are masked to -inf. ``k_max=None`` samples from the
-    full distribution (nanochat's ``top_k=None``).
+    ``temperature`` and ``top_k`` are scalars or one per row (``(B,)``), so
+    requests with different settings decode in one batch. Each row draws with
+    its own key, so a row's token does not depend on the other rows. They are
+    traced, so changing them does not recompile; when every row is at
+    temperature 0 a ``lax.cond`` skips the sampling work. ``k_max`` (static,
+    >= top_k) is the width of ``lax.top_k``; candidates ranked past ``top_k``
+    are masked to -inf. ``k_max=None`` samples from the full distribution
+    (nanochat's ``top_k=None``).
     """
+    B = logits.shape[0]
+    temperature, top_k = jnp.broadcast_to(temperature, (B,)), jnp.broadcast_to(top_k, (B,))
+    greedy = lambda: jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
-    def one_row(row, key):
+    def one_row(row, key, t, k):
+        t = jnp.where(t > 0, t, 1.0)  # greedy rows' draws are discarded below
         if k_max is None:
-            return jax.random.categorical(key, row / temperature)
+            return jax.random.categorical(key, row / t)
         vals, idx = jax.lax.top_k(row, k_max)
-        vals = jnp.where(jnp.arange(k_max) < top_k, vals, -jnp.inf)
-        return idx[jax.random.categorical(key, vals / temperature)]
+        vals = jnp.where(jnp.arange(k_max) < k, vals, -jnp.inf)
+        return idx[jax.random.categorical(key, vals / t)]
 
-    sample = lambda: jax.vmap(one_row)(logits, keys).astype(jnp.int32)
-    return jax.lax.cond(temperature > 0, sample, lambda: jnp.argmax(logits, axis=-1).astype(jnp.int32))
+    sample = lambda: jnp.where(temperature > 0, jax.vmap(one_row)(logits, keys, temperature, top_k).astype(jnp.int32), greedy())
+    return jax.lax.cond(jnp.any(temperature > 0), sample, greedy)
 
 
 def top_k_width(top_k: int | None, vocab_size: int) -> int | None:
@@ -191,6 +197,15 @@ def _cast_params(state, dtype):
 # --------------------------------------------------------------------------- host side
 
 
+def _per_prompt(value, prompts, name: str) -> list:
+    """One setting per prompt: ``value`` itself if it is a sequence (its length checked), else repeated."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        if len(value) != len(prompts):
+            raise ValueError(f"{len(value)} values of {name} for {len(prompts)} prompts; pass one per prompt or a single value")
+        return list(value)
+    return [value] * len(prompts)
+
+
 class _RowTools:
     """nanochat's per-row tool state: collect python tokens, produce forced output tokens."""
 
@@ -204,10 +219,14 @@ class Engine:
     The model's weights are read at every generation call, so an engine
     built once keeps sampling from a model that is being trained (RL).
     ``mesh``: cache rows are split over its data axis (padded to a multiple
-    of its size), so each device decodes its share of the rows.
+    of its size), so each device decodes its share of the rows. ``k_width``:
+    a fixed ``lax.top_k`` width (>= every top_k asked for), so that a row's
+    draw does not depend on the top_k of the rows decoded with it (the web
+    server batches requests); default: the smallest bucket that fits the call.
     """
 
-    def __init__(self, model: GPT, tokenizer, *, chunk_size: int = DEFAULT_CHUNK, forced_queue: int = FORCED_QUEUE, mesh=None):
+    def __init__(self, model: GPT, tokenizer, *, chunk_size: int = DEFAULT_CHUNK, forced_queue: int = FORCED_QUEUE, mesh=None,
+                 k_width: int | None = None):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.model = model
@@ -215,6 +234,7 @@ class Engine:
         self.chunk_size = int(chunk_size)
         self.forced_queue = int(forced_queue)
         self.mesh = mesh
+        self.k_width = None if k_width is None else min(int(k_width), model.config.vocab_size)
         enc = tokenizer.encode_special
         self.bos = tokenizer.get_bos_token_id()
         self.assistant_end = enc("<|assistant_end|>")
@@ -277,20 +297,29 @@ class Engine:
     def decode(self, params, dstate, queue, q_len, q_pos, step0, n_steps, temperature, top_k, special=None):
         """One compiled chunk of up to ``n_steps`` tokens; ``dstate`` is donated (its buffers are reused).
 
-        Python scalars are passed as numpy scalars so that changing them
+        ``temperature`` and ``top_k`` (None or <= 0 = off): one value, or one
+        per cache row. Values go in as numpy arrays so that changing them
         (temperature, top_k, step counts) never triggers a retrace.
         """
         graphdef, state = params
         if special is None:
             special = np.array([self.assistant_end, self.bos, self.python_end], np.int32)
-        vocab = self.model.config.vocab_size
-        scalars = np.int32(step0), np.int32(n_steps), np.float32(temperature), np.int32(min(top_k or vocab, vocab))
-        return _decode_jit(graphdef, state, dstate, queue, q_len, q_pos, *scalars, special,
-                           chunk=self.chunk_size, k_max=top_k_width(top_k, vocab))
+        B, vocab = dstate.logits.shape[0], self.model.config.vocab_size
+        temps = np.broadcast_to(np.asarray(temperature, np.float32), (B,))
+        ks = [None if k is None or k <= 0 else min(int(k), vocab) for k in np.broadcast_to(np.asarray(top_k, object), (B,))]
+        k_max = self.k_width or (None if all(k is None for k in ks) else top_k_width(max(k or vocab for k in ks), vocab))
+        scalars = np.int32(step0), np.int32(n_steps), temps, np.array([k or vocab for k in ks], np.int32)
+        return _decode_jit(graphdef, state, dstate, queue, q_len, q_pos, *scalars, special, chunk=self.chunk_size, k_max=k_max)
 
     # -- generation ----------------------------------------------------------------
-    def _columns(self, prompts, num_samples, max_tokens, temperature, top_k, seeds) -> Iterator[tuple[list[int], list[int]]]:
-        """The shared loop: one ``(token_column, mask_column)`` per step over the real rows (prompt-major)."""
+    def generate_columns(self, prompts, num_samples=1, *, max_tokens=None, temperature=1.0, top_k=None, seeds=None
+                         ) -> Iterator[tuple[list[int], list[int]]]:
+        """All prompts decoded together: one ``(token_column, mask_column)`` per step over the rows (prompt-major).
+
+        ``max_tokens``, ``temperature`` and ``top_k`` are one value or one per
+        prompt. A row past its own ``max_tokens`` reads as ended: its column
+        entry is ``<|assistant_end|>`` once, then whatever (as after any end).
+        """
         prompts = [[int(t) for t in p] for p in prompts]
         if not prompts or not all(prompts):
             raise ValueError("generation needs at least one prompt, each with at least one token (e.g. <|bos|>)")
@@ -300,25 +329,28 @@ class Engine:
             raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts; pass one seed per prompt")
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        top_k = None if top_k is None or top_k <= 0 else int(top_k)
-        max_tokens, t_max = self.plan(max(map(len, prompts)), max_tokens)
-        if max_tokens == 0:
+        S, temps, ks = num_samples, _per_prompt(temperature, prompts, "temperature"), _per_prompt(top_k, prompts, "top_k")
+        if min(temps) < 0:
+            raise ValueError(f"temperature must be >= 0, got {min(temps)}")
+        limits = [self.plan(len(p), m)[0] for p, m in zip(prompts, _per_prompt(max_tokens, prompts, "max_tokens"))]
+        longest, t_max = self.plan(max(map(len, prompts)), max(limits))
+        if longest == 0:
             return
 
         params = self.params()
-        dstate = self.prefill(params, prompts, num_samples, t_max, seeds)
-        real, B, F = len(prompts) * num_samples, dstate.logits.shape[0], self.forced_queue
+        dstate = self.prefill(params, prompts, S, t_max, seeds)
+        real, B, F = len(prompts) * S, dstate.logits.shape[0], self.forced_queue
+        pad = [0.0] * (B - real)  # padding rows: greedy, top_k of a real row (never widens lax.top_k)
+        temps, ks = np.repeat(temps, S).tolist() + pad, np.repeat(np.asarray(ks, object), S).tolist() + [ks[0]] * (B - real)
         queue = np.zeros((B, F), np.int32)
         q_len = np.zeros((B,), np.int32)
         q_pos = np.zeros((B,), np.int32)
         rows = [_RowTools() for _ in range(real)]
         completed = [False] * real
         step = 0
-        while step < max_tokens:
-            n_req = min(self.chunk_size, max_tokens - step)
-            dstate, q_pos_dev, toks, masks, n = self.decode(params, dstate, queue, q_len, q_pos, step, n_req, temperature, top_k)
+        while step < longest:
+            n_req = min(self.chunk_size, longest - step)
+            dstate, q_pos_dev, toks, masks, n = self.decode(params, dstate, queue, q_len, q_pos, step, n_req, temps, ks)
             n = int(n)
             toks, masks = np.asarray(toks)[:real, :n], np.asarray(masks)[:real, :n]
             q_pos = np.array(q_pos_dev)
@@ -326,6 +358,9 @@ class Engine:
                 column, mask_column = toks[:, j].tolist(), masks[:, j].tolist()
                 for r, tok in enumerate(column):
                     if completed[r]:
+                        continue
+                    if step >= limits[r // S]:
+                        column[r], completed[r] = self.assistant_end, True
                         continue
                     if tok == self.assistant_end or tok == self.bos:
                         completed[r] = True
@@ -364,21 +399,24 @@ class Engine:
         Stops after ``max_tokens`` steps or once every row has emitted
         ``<|assistant_end|>``/``<|bos|>`` (that last column is yielded).
         """
-        yield from self._columns([tokens], num_samples, max_tokens, temperature, top_k, [seed])
+        yield from self.generate_columns([tokens], num_samples, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
+                                         seeds=[seed])
 
-    def generate_multi(self, prompts: Sequence[Sequence[int]], num_samples: int = 1, *, max_tokens: int | None,
-                       temperature: float = 1.0, top_k: int | None = None, seeds: Sequence[int] | None = None):
+    def generate_multi(self, prompts: Sequence[Sequence[int]], num_samples: int = 1, *, max_tokens, temperature=1.0,
+                       top_k=None, seeds: Sequence[int] | None = None):
         """All prompts decoded together: ``results[i][j]`` is sample j of prompt i, as ``generate_batch``'s rows.
 
         Sequences include the prompt and exclude the terminal token; masks are
         0 on the prompt and on forced tool output, 1 on sampled tokens.
-        ``seeds[i]`` (default 42 each) seeds prompt i's samples.
+        ``seeds[i]`` (default 42 each) seeds prompt i's samples; ``max_tokens``,
+        ``temperature``, ``top_k``: one value or one per prompt.
         """
         S = num_samples
         results = [[list(map(int, p)) for _ in range(S)] for p in prompts]
         masks = [[[0] * len(p) for _ in range(S)] for p in prompts]
         completed = [False] * (len(prompts) * S)
-        for column, mask_column in self._columns(prompts, S, max_tokens, temperature, top_k, seeds):
+        for column, mask_column in self.generate_columns(prompts, S, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
+                                                         seeds=seeds):
             for r, (tok, m) in enumerate(zip(column, mask_column)):
                 if completed[r]:
                     continue

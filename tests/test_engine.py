@@ -388,6 +388,27 @@ def test_each_row_samples_from_its_own_seed(tok, model):
         eng.generate_multi([], 1, **kw)
 
 
+def test_per_prompt_settings_decode_together_as_each_alone(tok, model):
+    """max_tokens, temperature and top_k per prompt (the web server's batches): each row gets what it gets alone.
+
+    The greedy row is checked against the naive full-forward decode; the
+    sampled rows against the same request run alone, which with a fixed
+    ``k_width`` must not depend on the other rows' settings.
+    """
+    prompts = mixed_prompts(tok)[1:]
+    settings = dict(max_tokens=[5, 17, 11], temperature=[0.0, 1.0, 0.7], top_k=[None, 3, 40])
+    eng = E.Engine(model, tok, chunk_size=4, k_width=64)
+    seqs, masks = eng.generate_multi(prompts, 1, seeds=[1, 2, 3], **settings)
+    assert [len(s[0]) - len(p) for s, p in zip(seqs, prompts)] == [5, 17, 11]  # random_model never stops early
+    assert seqs[0][0] == naive_greedy(model, prompts[0], 5)
+    for i, p in enumerate(prompts):
+        alone = {k: v[i] for k, v in settings.items()}
+        assert eng.generate_batch(p, 1, seed=i + 1, **alone)[0] == seqs[i]
+    assert masks[1][0] == [0] * len(prompts[1]) + [1] * 17
+    with pytest.raises(ValueError, match="temperature"):
+        eng.generate_multi(prompts, 1, max_tokens=4, temperature=[1.0, 0.5])
+
+
 # --------------------------------------------------------------------------- compilation
 
 
