@@ -65,6 +65,19 @@ class SyntheticTokenizer:
         return "".join(chr(32 + i % 90) for i in ids)
 
 
+def random_checkpoint(depth: int, vocab_size: int, seq_len: int, seed: int = 0):
+    """(nanochat state dict as numpy, model_config dict): ``bench.torch_reference``'s GPT with every matrix random."""
+    import torch
+
+    from bench.torch_reference import GPT, GPTConfig
+
+    cfg = GPTConfig.from_depth(depth, vocab_size=vocab_size, sequence_len=seq_len)
+    torch.manual_seed(seed)
+    model = GPT(cfg)
+    model.randomize_weights(seed=seed)
+    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}, dict(vars(cfg))
+
+
 def checkpoint(args):
     """(nanochat state dict as numpy, nanochat model_config dict, tokenizer) for both sides."""
     from nanochat_jax.convert import model_params, params_to_state_dict
@@ -75,16 +88,8 @@ def checkpoint(args):
         model, tokenizer, _ = load_model(args.source, args.model_tag, args.step, compute_dtype="float32")
         cfg = model.config
         return params_to_state_dict(model_params(model), cfg), cfg.model_config_dict(), tokenizer
-    import torch
-
-    from bench.torch_reference import GPT, GPTConfig
-
-    cfg = GPTConfig.from_depth(args.depth, vocab_size=args.vocab_size, sequence_len=args.seq_len)
-    torch.manual_seed(0)
-    model = GPT(cfg)
-    model.randomize_weights(seed=0)
-    sd = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-    return sd, dict(vars(cfg)), SyntheticTokenizer(cfg.vocab_size)
+    sd, model_config = random_checkpoint(args.depth, args.vocab_size, args.seq_len)
+    return sd, model_config, SyntheticTokenizer(args.vocab_size)
 
 
 def jax_engine(sd, model_config, tokenizer):

@@ -71,7 +71,8 @@ def bucket(n: int, minimum: int, cap: int | None = None) -> int:
 # --------------------------------------------------------------------------- sampling
 
 
-def sample_tokens(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_k: jax.Array, k_max: int | None) -> jax.Array:
+def sample_tokens(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_k: jax.Array, k_max: int | None,
+                  step: jax.Array | None = None) -> jax.Array:
     """One token per row of ``logits (B, V)``, row keys ``(B, 2)``: argmax at temperature 0, else softmax(l/T) over the top k.
 
     ``temperature`` and ``top_k`` are scalars or one per row (``(B,)``), so
@@ -81,7 +82,9 @@ def sample_tokens(logits: jax.Array, keys: jax.Array, temperature: jax.Array, to
     temperature 0 a ``lax.cond`` skips the sampling work. ``k_max`` (static,
     >= top_k) is the width of ``lax.top_k``; candidates ranked past ``top_k``
     are masked to -inf. ``k_max=None`` samples from the full distribution
-    (nanochat's ``top_k=None``).
+    (nanochat's ``top_k=None``). ``step``: the rows draw with
+    ``fold_in(key, step)``, folded inside the sampling branch (greedy decoding
+    skips the hashing).
     """
     B = logits.shape[0]
     temperature, top_k = jnp.broadcast_to(temperature, (B,)), jnp.broadcast_to(top_k, (B,))
@@ -95,7 +98,10 @@ def sample_tokens(logits: jax.Array, keys: jax.Array, temperature: jax.Array, to
         vals = jnp.where(jnp.arange(k_max) < k, vals, -jnp.inf)
         return idx[jax.random.categorical(key, vals / t)]
 
-    sample = lambda: jnp.where(temperature > 0, jax.vmap(one_row)(logits, keys, temperature, top_k).astype(jnp.int32), greedy())
+    def sample():
+        row_keys = keys if step is None else jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, step)
+        return jnp.where(temperature > 0, jax.vmap(one_row)(logits, row_keys, temperature, top_k).astype(jnp.int32), greedy())
+
     return jax.lax.cond(jnp.any(temperature > 0), sample, greedy)
 
 
@@ -161,7 +167,6 @@ def _decode_jit(graphdef, state, dstate, queue, q_len, q_pos, step0, n_steps, te
     B = dstate.logits.shape[0]
     end_id, bos_id, py_end_id = special[0], special[1], special[2]
     F = queue.shape[1]
-    fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
     weights = layer_weights(model)  # sliced once, outside the loop
 
     def cond(carry):
@@ -170,7 +175,7 @@ def _decode_jit(graphdef, state, dstate, queue, q_len, q_pos, step0, n_steps, te
 
     def body(carry):
         i, ds, q_pos, toks, masks, _ = carry
-        sampled = sample_tokens(ds.logits, fold(ds.keys, step0 + i), temperature, top_k, k_max)
+        sampled = sample_tokens(ds.logits, ds.keys, temperature, top_k, k_max, step0 + i)
         forced = q_pos < q_len
         forced_tok = jnp.take_along_axis(queue, jnp.minimum(q_pos, F - 1)[:, None], axis=1)[:, 0]
         tok = jnp.where(forced, forced_tok, sampled)
