@@ -42,7 +42,7 @@ def parse_args(argv=None):
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--max_tokens", type=int, default=64)
-    p.add_argument("--window_ms", type=float, default=20.0, help="batched mode's gather window")
+    p.add_argument("--window_ms", type=float, default=10.0, help="batched mode's gather window (the server default)")
     p.add_argument("--serve", default=None, metavar="MAX_BATCH:PORT", help=argparse.SUPPRESS)  # the child process
     return p.parse_args(argv)
 
