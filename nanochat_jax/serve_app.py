@@ -30,8 +30,8 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from nanochat_jax import serve_request as limits
-from nanochat_jax.serve_request import BadRequest, ChatRequest, Sampling, read_chat_request
 from nanochat_jax.serve_batcher import DEFAULT_MAX_BATCH, DEFAULT_WINDOW_S, Batcher, Job, pick
+from nanochat_jax.serve_request import BadRequest, ChatRequest, Sampling, read_chat_request
 from nanochat_jax.serve_workers import Worker
 
 logger = logging.getLogger("nanochat_jax.serve")
