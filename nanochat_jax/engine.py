@@ -2,7 +2,7 @@
 
 nanochat runs one forward per token from Python and grows its cache; under JAX
 that recompiles per shape and pays a host round trip per token. Here shapes
-never change during a generation: the cache ``(n_layer, B, T_max, n_kv_head,
+never change during a generation: the cache ``(n_layer, B, n_kv_head, T_max,
 head_dim)`` is allocated once, prompts, prompt counts and ``T_max`` are rounded
 up to buckets (:func:`bucket`) so nearby sizes share programs, and decoding
 runs in chunks (one ``lax.while_loop``) that return to the host only to stream,
@@ -30,8 +30,8 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from nanochat_jax import calculator, sharding
-from nanochat_jax.gpt import (GPT, GPTConfig, block_forward, causal_attention, resolve_attention_impl, rotary_at, rotary_slice,
-                              validate_tokens)
+from nanochat_jax.gpt import GPT, validate_tokens
+from nanochat_jax.kv_cache import KVCache, forward_cached, init_cache, layer_weights, run_layers
 
 DEFAULT_CHUNK = 32
 FORCED_QUEUE = 128  # F: longest forced sequence (<|output_start|> ... <|output_end|>)
@@ -41,15 +41,6 @@ MIN_TOPK_BUCKET = 64
 DEFAULT_SEED = 42  # nanochat's generate() default
 
 
-class KVCache(NamedTuple):
-    """Preallocated keys/values for every layer, the shared write position and each row's first real slot."""
-
-    k: jax.Array  # (n_layer, B, T_max, n_kv_head, head_dim), compute dtype
-    v: jax.Array
-    pos: jax.Array  # int32 scalar: slots 0..pos-1 have been written
-    start: jax.Array  # (B,) int32: row r's slots before start[r] are left padding, never attended
-
-
 class DecodeState(NamedTuple):
     """What the compiled decode loop carries from one chunk to the next."""
 
@@ -57,14 +48,6 @@ class DecodeState(NamedTuple):
     logits: jax.Array  # (B, vocab) fp32: next-token logits for every row
     done: jax.Array  # (B,) bool: row emitted <|assistant_end|> or <|bos|> (or is batch padding)
     keys: jax.Array  # (B, 2) uint32: row (i, j)'s key fold_in(PRNGKey(seed_i), j); step s folds in s
-
-
-def init_cache(config: GPTConfig, batch_size: int, t_max: int, dtype=None) -> KVCache:
-    """An empty cache; allocated once per generation at its final size, so shapes never change."""
-    shape = (config.n_layer, batch_size, t_max, config.n_kv_head, config.head_dim)
-    dtype = jnp.dtype(dtype or config.compute_dtype)
-    zeros = jnp.zeros((batch_size,), jnp.int32)
-    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32), zeros)
 
 
 def bucket(n: int, minimum: int, cap: int | None = None) -> int:
@@ -85,104 +68,41 @@ def bucket(n: int, minimum: int, cap: int | None = None) -> int:
     return b
 
 
-# --------------------------------------------------------------------------- model with a cache
-
-
-def _masked_cache_attention(q, k_layer, v_layer, pos, start):
-    """Queries at slots ``pos .. pos+Tq-1`` over all ``T_max`` cached keys.
-
-    The mask is ``(B, Tq, T_max)`` -- never ``T_max x T_max`` -- and hides
-    future and never-written slots and each row's left padding. The XLA
-    kernel computes scores and softmax in fp32, as the training kernel on CPU does.
-    """
-    Tq, T_max = q.shape[1], k_layer.shape[1]
-    key_slot = jnp.arange(T_max, dtype=jnp.int32)[None, None, :]
-    q_slot = (pos + jnp.arange(Tq, dtype=jnp.int32))[None, :, None]
-    mask = (key_slot <= q_slot) & (key_slot >= start[:, None, None])
-    return jax.nn.dot_product_attention(q, k_layer, v_layer, mask=mask[:, None], implementation="xla")
-
-
-def _run_layers(model: GPT, x: jax.Array, cache: KVCache, fresh: bool):
-    """All blocks over ``x (B, Tq, C)`` at slots ``cache.pos ..``; returns (x, cache).
-
-    Each layer writes its new K/V into the full cache array at ``(layer, :,
-    pos)`` -- an in-place update inside the compiled program -- and attends to
-    that layer's slice. ``fresh`` (prefill of right-padded rows from slot 0)
-    attends causally over the new keys alone, the same kernel as training;
-    otherwise attention reads the cache through the slot mask, and row r's
-    rotary position at slot t is ``t - start[r]``.
-    """
-    cfg = model.config
-    Tq = x.shape[1]
-    pos = cache.pos
-    if fresh:
-        cos, sin = rotary_slice(cfg, Tq)
-    else:
-        cos, sin = rotary_at(cfg, pos + jnp.arange(Tq, dtype=jnp.int32)[None, :] - cache.start[:, None])
-    impl = resolve_attention_impl(cfg)
-
-    def one_layer(x, p, i, kc, vc):
-        def attend(q, k, v):
-            kc2 = jax.lax.dynamic_update_slice(kc, k[None].astype(kc.dtype), (i, 0, pos, 0, 0))
-            vc2 = jax.lax.dynamic_update_slice(vc, v[None].astype(vc.dtype), (i, 0, pos, 0, 0))
-            if fresh:
-                y = causal_attention(q, k, v, impl)
-            else:
-                y = _masked_cache_attention(q, kc2[i], vc2[i], pos, cache.start)
-            return y, (kc2, vc2)
-
-        x, (kc, vc) = block_forward(x, p, cos, sin, cfg, attend=attend)
-        return x, kc, vc
-
-    params = model.h.stacked()
-    kc, vc = cache.k, cache.v
-    if cfg.scan_layers:
-
-        def body(carry, xs):
-            x, kc, vc = carry
-            p, i = xs
-            return one_layer(x, p, i, kc, vc), None
-
-        (x, kc, vc), _ = jax.lax.scan(body, (x, kc, vc), (params, jnp.arange(cfg.n_layer, dtype=jnp.int32)))
-    else:
-        for i in range(cfg.n_layer):
-            x, kc, vc = one_layer(x, {k: v[i] for k, v in params.items()}, i, kc, vc)
-    return x, KVCache(kc, vc, pos + Tq, cache.start)
-
-
-def forward_cached(model: GPT, idx: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
-    """Logits ``(B, Tq, vocab)`` for ``idx`` placed at ``cache.pos ..``, and the updated cache.
-
-    The general path (any position, any chunk length); usable eagerly or
-    under ``jit``. The caller must keep ``cache.pos + Tq <= T_max``.
-    """
-    x, cache = _run_layers(model, model.embed(idx), cache, fresh=False)
-    return model.logits_from_hidden(x), cache
-
-
 # --------------------------------------------------------------------------- sampling
 
 
-def sample_tokens(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_k: jax.Array, k_max: int | None) -> jax.Array:
+def sample_tokens(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_k: jax.Array, k_max: int | None,
+                  step: jax.Array | None = None) -> jax.Array:
     """One token per row of ``logits (B, V)``, row keys ``(B, 2)``: argmax at temperature 0, else softmax(l/T) over the top k.
 
-    Each row draws with its own key, so a row's token does not depend on the
-    other rows. ``temperature`` and ``top_k`` are traced, so changing them does
-    not recompile; at temperature 0 a ``lax.cond`` skips the sampling work.
-    ``k_max`` (static, >= top_k) is the width of ``lax.top_k``; candidates
-    ranked past ``top_k`` are masked to -inf. ``k_max=None`` samples from the
-    full distribution (nanochat's ``top_k=None``).
+    ``temperature`` and ``top_k`` are scalars or one per row (``(B,)``), so
+    requests with different settings decode in one batch. Each row draws with
+    its own key, so a row's token does not depend on the other rows. They are
+    traced, so changing them does not recompile; when every row is at
+    temperature 0 a ``lax.cond`` skips the sampling work. ``k_max`` (static,
+    >= top_k) is the width of ``lax.top_k``; candidates ranked past ``top_k``
+    are masked to -inf. ``k_max=None`` samples from the full distribution
+    (nanochat's ``top_k=None``). ``step``: the rows draw with
+    ``fold_in(key, step)``, folded inside the sampling branch (greedy decoding
+    skips the hashing).
     """
+    B = logits.shape[0]
+    temperature, top_k = jnp.broadcast_to(temperature, (B,)), jnp.broadcast_to(top_k, (B,))
+    greedy = lambda: jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
-    def one_row(row, key):
+    def one_row(row, key, t, k):
+        t = jnp.where(t > 0, t, 1.0)  # greedy rows' draws are discarded below
         if k_max is None:
-            return jax.random.categorical(key, row / temperature)
+            return jax.random.categorical(key, row / t)
         vals, idx = jax.lax.top_k(row, k_max)
-        vals = jnp.where(jnp.arange(k_max) < top_k, vals, -jnp.inf)
-        return idx[jax.random.categorical(key, vals / temperature)]
+        vals = jnp.where(jnp.arange(k_max) < k, vals, -jnp.inf)
+        return idx[jax.random.categorical(key, vals / t)]
 
-    sample = lambda: jax.vmap(one_row)(logits, keys).astype(jnp.int32)
-    return jax.lax.cond(temperature > 0, sample, lambda: jnp.argmax(logits, axis=-1).astype(jnp.int32))
+    def sample():
+        row_keys = keys if step is None else jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, step)
+        return jnp.where(temperature > 0, jax.vmap(one_row)(logits, row_keys, temperature, top_k).astype(jnp.int32), greedy())
+
+    return jax.lax.cond(jnp.any(temperature > 0), sample, greedy)
 
 
 def top_k_width(top_k: int | None, vocab_size: int) -> int | None:
@@ -217,15 +137,15 @@ def _prefill_jit(graphdef, state, tokens, lengths, rows, samples, seeds, done, *
     model = nnx.merge(graphdef, state)
     N, P_b = tokens.shape
     cache = init_cache(model.config, N, P_b)
-    x, cache = _run_layers(model, model.embed(tokens), cache, fresh=True)
+    x, cache = run_layers(model, model.embed(tokens), cache, fresh=True)
     last = jnp.take_along_axis(x, (lengths - 1)[:, None, None], axis=1)
     logits = model.logits_from_hidden(last)[:, 0]
     L = jnp.max(lengths)
     shift = L - lengths
 
     def place(a):
-        a = jax.vmap(lambda row, s: jnp.roll(row, s, axis=1), in_axes=(1, 0), out_axes=1)(a, shift)
-        return jnp.pad(jnp.take(a, rows, axis=1), ((0, 0), (0, 0), (0, t_max - P_b), (0, 0), (0, 0)))
+        a = jax.vmap(lambda row, s: jnp.roll(row, s, axis=2), in_axes=(1, 0), out_axes=1)(a, shift)
+        return jnp.pad(jnp.take(a, rows, axis=1), ((0, 0), (0, 0), (0, 0), (0, t_max - P_b), (0, 0)))
 
     keys = jax.vmap(lambda s, j: jax.random.fold_in(jax.random.PRNGKey(s), j))(seeds, samples)
     cache = KVCache(place(cache.k), place(cache.v), L.astype(jnp.int32), shift[rows].astype(jnp.int32))
@@ -247,7 +167,7 @@ def _decode_jit(graphdef, state, dstate, queue, q_len, q_pos, step0, n_steps, te
     B = dstate.logits.shape[0]
     end_id, bos_id, py_end_id = special[0], special[1], special[2]
     F = queue.shape[1]
-    fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
+    weights = layer_weights(model)  # sliced once, outside the loop
 
     def cond(carry):
         i, _, _, _, _, stop = carry
@@ -255,7 +175,7 @@ def _decode_jit(graphdef, state, dstate, queue, q_len, q_pos, step0, n_steps, te
 
     def body(carry):
         i, ds, q_pos, toks, masks, _ = carry
-        sampled = sample_tokens(ds.logits, fold(ds.keys, step0 + i), temperature, top_k, k_max)
+        sampled = sample_tokens(ds.logits, ds.keys, temperature, top_k, k_max, step0 + i)
         forced = q_pos < q_len
         forced_tok = jnp.take_along_axis(queue, jnp.minimum(q_pos, F - 1)[:, None], axis=1)[:, 0]
         tok = jnp.where(forced, forced_tok, sampled)
@@ -264,7 +184,7 @@ def _decode_jit(graphdef, state, dstate, queue, q_len, q_pos, step0, n_steps, te
         masks = jax.lax.dynamic_update_slice(masks, (~forced).astype(jnp.int32)[:, None], (0, i))
         tool_call = (tok == py_end_id) & ~ds.done
         done = ds.done | (tok == end_id) | (tok == bos_id)
-        logits, cache = forward_cached(model, tok[:, None], ds.cache)
+        logits, cache = forward_cached(model, tok[:, None], ds.cache, weights)
         stop = jnp.all(done) | jnp.any(tool_call)
         return i + 1, DecodeState(cache, logits[:, 0], done, ds.keys), q_pos, toks, masks, stop
 
@@ -282,6 +202,15 @@ def _cast_params(state, dtype):
 # --------------------------------------------------------------------------- host side
 
 
+def _per_prompt(value, prompts, name: str) -> list:
+    """One setting per prompt: ``value`` itself if it is a sequence (its length checked), else repeated."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        if len(value) != len(prompts):
+            raise ValueError(f"{len(value)} values of {name} for {len(prompts)} prompts; pass one per prompt or a single value")
+        return list(value)
+    return [value] * len(prompts)
+
+
 class _RowTools:
     """nanochat's per-row tool state: collect python tokens, produce forced output tokens."""
 
@@ -295,10 +224,14 @@ class Engine:
     The model's weights are read at every generation call, so an engine
     built once keeps sampling from a model that is being trained (RL).
     ``mesh``: cache rows are split over its data axis (padded to a multiple
-    of its size), so each device decodes its share of the rows.
+    of its size), so each device decodes its share of the rows. ``k_width``:
+    a fixed ``lax.top_k`` width (>= every top_k asked for), so that a row's
+    draw does not depend on the top_k of the rows decoded with it (the web
+    server batches requests); default: the smallest bucket that fits the call.
     """
 
-    def __init__(self, model: GPT, tokenizer, *, chunk_size: int = DEFAULT_CHUNK, forced_queue: int = FORCED_QUEUE, mesh=None):
+    def __init__(self, model: GPT, tokenizer, *, chunk_size: int = DEFAULT_CHUNK, forced_queue: int = FORCED_QUEUE, mesh=None,
+                 k_width: int | None = None):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.model = model
@@ -306,6 +239,7 @@ class Engine:
         self.chunk_size = int(chunk_size)
         self.forced_queue = int(forced_queue)
         self.mesh = mesh
+        self.k_width = None if k_width is None else min(int(k_width), model.config.vocab_size)
         enc = tokenizer.encode_special
         self.bos = tokenizer.get_bos_token_id()
         self.assistant_end = enc("<|assistant_end|>")
@@ -368,20 +302,29 @@ class Engine:
     def decode(self, params, dstate, queue, q_len, q_pos, step0, n_steps, temperature, top_k, special=None):
         """One compiled chunk of up to ``n_steps`` tokens; ``dstate`` is donated (its buffers are reused).
 
-        Python scalars are passed as numpy scalars so that changing them
+        ``temperature`` and ``top_k`` (None or <= 0 = off): one value, or one
+        per cache row. Values go in as numpy arrays so that changing them
         (temperature, top_k, step counts) never triggers a retrace.
         """
         graphdef, state = params
         if special is None:
             special = np.array([self.assistant_end, self.bos, self.python_end], np.int32)
-        vocab = self.model.config.vocab_size
-        scalars = np.int32(step0), np.int32(n_steps), np.float32(temperature), np.int32(min(top_k or vocab, vocab))
-        return _decode_jit(graphdef, state, dstate, queue, q_len, q_pos, *scalars, special,
-                           chunk=self.chunk_size, k_max=top_k_width(top_k, vocab))
+        B, vocab = dstate.logits.shape[0], self.model.config.vocab_size
+        temps = np.broadcast_to(np.asarray(temperature, np.float32), (B,))
+        ks = [None if k is None or k <= 0 else min(int(k), vocab) for k in np.broadcast_to(np.asarray(top_k, object), (B,))]
+        k_max = self.k_width or (None if all(k is None for k in ks) else top_k_width(max(k or vocab for k in ks), vocab))
+        scalars = np.int32(step0), np.int32(n_steps), temps, np.array([k or vocab for k in ks], np.int32)
+        return _decode_jit(graphdef, state, dstate, queue, q_len, q_pos, *scalars, special, chunk=self.chunk_size, k_max=k_max)
 
     # -- generation ----------------------------------------------------------------
-    def _columns(self, prompts, num_samples, max_tokens, temperature, top_k, seeds) -> Iterator[tuple[list[int], list[int]]]:
-        """The shared loop: one ``(token_column, mask_column)`` per step over the real rows (prompt-major)."""
+    def generate_columns(self, prompts, num_samples=1, *, max_tokens=None, temperature=1.0, top_k=None, seeds=None
+                         ) -> Iterator[tuple[list[int], list[int]]]:
+        """All prompts decoded together: one ``(token_column, mask_column)`` per step over the rows (prompt-major).
+
+        ``max_tokens``, ``temperature`` and ``top_k`` are one value or one per
+        prompt. A row past its own ``max_tokens`` reads as ended: its column
+        entry is ``<|assistant_end|>`` once, then whatever (as after any end).
+        """
         prompts = [[int(t) for t in p] for p in prompts]
         if not prompts or not all(prompts):
             raise ValueError("generation needs at least one prompt, each with at least one token (e.g. <|bos|>)")
@@ -391,25 +334,28 @@ class Engine:
             raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts; pass one seed per prompt")
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        top_k = None if top_k is None or top_k <= 0 else int(top_k)
-        max_tokens, t_max = self.plan(max(map(len, prompts)), max_tokens)
-        if max_tokens == 0:
+        S, temps, ks = num_samples, _per_prompt(temperature, prompts, "temperature"), _per_prompt(top_k, prompts, "top_k")
+        if min(temps) < 0:
+            raise ValueError(f"temperature must be >= 0, got {min(temps)}")
+        limits = [self.plan(len(p), m)[0] for p, m in zip(prompts, _per_prompt(max_tokens, prompts, "max_tokens"))]
+        longest, t_max = self.plan(max(map(len, prompts)), max(limits))
+        if longest == 0:
             return
 
         params = self.params()
-        dstate = self.prefill(params, prompts, num_samples, t_max, seeds)
-        real, B, F = len(prompts) * num_samples, dstate.logits.shape[0], self.forced_queue
+        dstate = self.prefill(params, prompts, S, t_max, seeds)
+        real, B, F = len(prompts) * S, dstate.logits.shape[0], self.forced_queue
+        pad = [0.0] * (B - real)  # padding rows: greedy, top_k of a real row (never widens lax.top_k)
+        temps, ks = np.repeat(temps, S).tolist() + pad, np.repeat(np.asarray(ks, object), S).tolist() + [ks[0]] * (B - real)
         queue = np.zeros((B, F), np.int32)
         q_len = np.zeros((B,), np.int32)
         q_pos = np.zeros((B,), np.int32)
         rows = [_RowTools() for _ in range(real)]
         completed = [False] * real
         step = 0
-        while step < max_tokens:
-            n_req = min(self.chunk_size, max_tokens - step)
-            dstate, q_pos_dev, toks, masks, n = self.decode(params, dstate, queue, q_len, q_pos, step, n_req, temperature, top_k)
+        while step < longest:
+            n_req = min(self.chunk_size, longest - step)
+            dstate, q_pos_dev, toks, masks, n = self.decode(params, dstate, queue, q_len, q_pos, step, n_req, temps, ks)
             n = int(n)
             toks, masks = np.asarray(toks)[:real, :n], np.asarray(masks)[:real, :n]
             q_pos = np.array(q_pos_dev)
@@ -417,6 +363,9 @@ class Engine:
                 column, mask_column = toks[:, j].tolist(), masks[:, j].tolist()
                 for r, tok in enumerate(column):
                     if completed[r]:
+                        continue
+                    if step >= limits[r // S]:
+                        column[r], completed[r] = self.assistant_end, True
                         continue
                     if tok == self.assistant_end or tok == self.bos:
                         completed[r] = True
@@ -455,21 +404,24 @@ class Engine:
         Stops after ``max_tokens`` steps or once every row has emitted
         ``<|assistant_end|>``/``<|bos|>`` (that last column is yielded).
         """
-        yield from self._columns([tokens], num_samples, max_tokens, temperature, top_k, [seed])
+        yield from self.generate_columns([tokens], num_samples, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
+                                         seeds=[seed])
 
-    def generate_multi(self, prompts: Sequence[Sequence[int]], num_samples: int = 1, *, max_tokens: int | None,
-                       temperature: float = 1.0, top_k: int | None = None, seeds: Sequence[int] | None = None):
+    def generate_multi(self, prompts: Sequence[Sequence[int]], num_samples: int = 1, *, max_tokens, temperature=1.0,
+                       top_k=None, seeds: Sequence[int] | None = None):
         """All prompts decoded together: ``results[i][j]`` is sample j of prompt i, as ``generate_batch``'s rows.
 
         Sequences include the prompt and exclude the terminal token; masks are
         0 on the prompt and on forced tool output, 1 on sampled tokens.
-        ``seeds[i]`` (default 42 each) seeds prompt i's samples.
+        ``seeds[i]`` (default 42 each) seeds prompt i's samples; ``max_tokens``,
+        ``temperature``, ``top_k``: one value or one per prompt.
         """
         S = num_samples
         results = [[list(map(int, p)) for _ in range(S)] for p in prompts]
         masks = [[[0] * len(p) for _ in range(S)] for p in prompts]
         completed = [False] * (len(prompts) * S)
-        for column, mask_column in self._columns(prompts, S, max_tokens, temperature, top_k, seeds):
+        for column, mask_column in self.generate_columns(prompts, S, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
+                                                         seeds=seeds):
             for r, (tok, m) in enumerate(zip(column, mask_column)):
                 if completed[r]:
                     continue

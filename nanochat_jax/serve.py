@@ -25,6 +25,7 @@ from nanochat_jax.errors import UsageError
 from nanochat_jax.demo import demo_model_and_tokenizer
 from nanochat_jax.hardware import default_compute_dtype
 from nanochat_jax.serve_app import create_app, logger
+from nanochat_jax.serve_batcher import DEFAULT_MAX_BATCH, DEFAULT_WINDOW_S
 from nanochat_jax.serve_request import Sampling, describe_errors
 from nanochat_jax.serve_workers import SERVE_CHUNK_SIZE, Worker, build_workers
 
@@ -49,12 +50,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=SERVE_CHUNK_SIZE,
         help=f"decode steps per compiled chunk = streaming granularity (default: {SERVE_CHUNK_SIZE})",
     )
+    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+                   help=f"requests a worker decodes together (default: {DEFAULT_MAX_BATCH}; 1 = one at a time)")
+    p.add_argument("--batch-window-ms", type=float, default=1000 * DEFAULT_WINDOW_S,
+                   help=f"how long a batch waits for more requests after its first (default: {1000 * DEFAULT_WINDOW_S:g})")
     p.add_argument("--no-warmup", action="store_true", help="skip compiling each replica before serving (first request is then slow)")
     p.add_argument("--demo", action="store_true", help="serve a tiny random-weight model (no checkpoint needed; output is gibberish)")
     p.add_argument("--log-level", default="info", help="logging level (default: info)")
     args = p.parse_args(argv)
     if args.chunk_size < 1:
         p.error("--chunk-size must be >= 1")
+    if args.max_batch < 1 or args.batch_window_ms < 0:
+        p.error("--max-batch must be >= 1 and --batch-window-ms >= 0")
     try:  # the request limits bound the defaults too
         Sampling(temperature=args.temperature, top_k=args.top_k, max_tokens=args.max_tokens)
     except ValidationError as e:
@@ -105,7 +112,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     logger.info("%d worker(s) on %s", len(workers), ", ".join(str(w.device) for w in workers))
     if not args.no_warmup:
         warmup(workers, tokenizer, max_tokens=args.max_tokens, top_k=args.top_k, context_len=model.config.sequence_len)
-    app = create_app(workers, tokenizer, temperature=args.temperature, top_k=args.top_k, max_tokens=args.max_tokens, model_info=info)
+    app = create_app(workers, tokenizer, temperature=args.temperature, top_k=args.top_k, max_tokens=args.max_tokens, model_info=info,
+                     max_batch=args.max_batch, batch_window_s=args.batch_window_ms / 1000)
     print(f"nanochat_jax chat UI: http://{args.host}:{args.port}/", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
 

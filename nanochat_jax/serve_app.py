@@ -5,35 +5,34 @@
     GET  /health, /stats    readiness; pool occupancy and per-worker counters
     GET  /config            default sampling settings, limits and model shape (for the UI)
 
-The Engine is synchronous, so each reply runs in a thread and its text crosses
-back to the event loop, which stays free for other requests. A client that
-hangs up sets a stop flag, so its worker is free after the next token.
+Requests go to the least-loaded worker's batcher (``serve_batcher``): requests
+that arrive together are decoded together in one Engine call, in the worker's
+thread, and each row's text crosses back to the event loop, which stays free
+for other requests. A client that hangs up sets a stop flag, so its row leaves
+the batch at the next token.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import dataclasses
 import functools
 import json
 import logging
 import secrets
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from nanochat_jax import serve_request as limits
+from nanochat_jax.serve_batcher import DEFAULT_MAX_BATCH, DEFAULT_WINDOW_S, Batcher, Job, pick
 from nanochat_jax.serve_request import BadRequest, ChatRequest, Sampling, read_chat_request
-from nanochat_jax.serve_workers import Worker, WorkerPool
-from nanochat_jax.streaming import stream_text
+from nanochat_jax.serve_workers import Worker
 
 logger = logging.getLogger("nanochat_jax.serve")
 STATIC_DIR = Path(__file__).with_name("static")
@@ -42,14 +41,13 @@ router = APIRouter()
 
 @dataclasses.dataclass
 class ChatService:
-    """What the routes share, as ``app.state.chat``: the pool, the tokenizer, the defaults, the counters."""
+    """What the routes share, as ``app.state.chat``: the batchers (one per worker), the tokenizer, the defaults, the counters."""
 
-    pool: WorkerPool
+    batchers: list[Batcher]
     tokenizer: Any
     defaults: Sampling
     context_len: int | None
     model_info: dict
-    executor: concurrent.futures.ThreadPoolExecutor | None = None
     requests_served: int = 0
     requests_rejected: int = 0
     started: float = dataclasses.field(default_factory=time.time)
@@ -78,27 +76,33 @@ def create_app(
     max_tokens: int = 512,
     context_len: int | None = None,
     model_info: dict | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    batch_window_s: float = DEFAULT_WINDOW_S,
 ) -> FastAPI:
     """The app around ready workers (``serve_workers.build_workers``).
 
     The sampling arguments are the defaults a request may omit (out of range:
     ``ValueError``). ``context_len`` caps prompt + reply (default: the model's
     ``sequence_len``): a longer conversation gets a 400 asking to start over.
+    A worker decodes up to ``max_batch`` requests together, those that arrive
+    within ``batch_window_s`` of the first (``max_batch=1``: one at a time).
     """
-    pool = WorkerPool(workers)
+    if not workers:
+        raise ValueError("the server needs at least one worker")
+    batchers = [Batcher(w, tokenizer, max_batch=max_batch, window_s=batch_window_s) for w in workers]
     if context_len is None:
-        context_len = getattr(pool.workers[0].model_config, "sequence_len", None)
+        context_len = getattr(workers[0].model_config, "sequence_len", None)
     defaults = Sampling(temperature=temperature, top_k=top_k, max_tokens=max_tokens)
-    chat = ChatService(pool, tokenizer, defaults, context_len, model_info or {})
+    chat = ChatService(batchers, tokenizer, defaults, context_len, model_info or {})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         # Per serving session, so one app can be served, stopped and served again.
-        pool.reset()
-        # One thread per worker: a worker runs one generation at a time.
-        chat.executor = concurrent.futures.ThreadPoolExecutor(max_workers=len(pool.workers), thread_name_prefix="nanochat-gen")
+        for b in batchers:
+            b.start()
         yield
-        chat.executor.shutdown(wait=False, cancel_futures=True)
+        for b in batchers:
+            b.stop()
 
     app = FastAPI(title="nanochat_jax", summary="Chat with a nanochat_jax model", lifespan=lifespan)
     app.state.chat = chat
@@ -130,28 +134,38 @@ async def logo() -> Response:
 
 @router.get("/health")
 async def health(request: Request) -> dict:
-    pool = request.app.state.chat.pool
-    return {"status": "ok", "ready": len(pool.workers) > 0, "num_workers": len(pool.workers), "available_workers": pool.available}
+    workers = [b.worker for b in request.app.state.chat.batchers]
+    return {
+        "status": "ok",
+        "ready": True,
+        "num_workers": len(workers),
+        "available_workers": sum(not w.busy for w in workers),
+        "batches": sum(sum(w.batch_sizes.values()) for w in workers),
+        "largest_batch": max((max(w.batch_sizes, default=0) for w in workers), default=0),
+    }
 
 
 @router.get("/stats")
 async def stats(request: Request) -> dict:
     chat = request.app.state.chat
+    workers = [b.worker for b in chat.batchers]
+    busy = sum(w.busy for w in workers)
     return {
-        "total_workers": len(chat.pool.workers),
-        "available_workers": chat.pool.available,
-        "busy_workers": len(chat.pool.workers) - chat.pool.available,
+        "total_workers": len(workers),
+        "available_workers": len(workers) - busy,
+        "busy_workers": busy,
+        "waiting_requests": sum(b.waiting for b in chat.batchers),
         "requests_served": chat.requests_served,
         "requests_rejected": chat.requests_rejected,
         "uptime_seconds": round(time.time() - chat.started, 1),
-        "workers": [w.info() for w in chat.pool.workers],
+        "workers": [w.info() for w in workers],
     }
 
 
 @router.get("/config")
 async def config(request: Request) -> dict:
     chat = request.app.state.chat
-    cfg = chat.pool.workers[0].model_config
+    cfg = chat.batchers[0].worker.model_config
     fields = ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd")
     return {
         "defaults": chat.defaults.model_dump(),
@@ -190,31 +204,12 @@ def _sse(payload: dict) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-def _generate(worker: Worker, tokenizer, prompt: list[int], args: dict, cancelled: threading.Event, emit) -> None:
-    """Thread body: the Engine on the worker's device, each text piece (or the error) handed to ``emit``."""
-    gen = None
-    stop_ids = (tokenizer.encode_special("<|assistant_end|>"), tokenizer.get_bos_token_id())
-    try:
-        # Anything the Engine creates without an explicit device goes next to this replica.
-        with jax.default_device(worker.device) if worker.device is not None else contextlib.nullcontext():
-            gen = worker.engine.generate(prompt, num_samples=1, **args)
-            for piece, count in stream_text(tokenizer, (column[0] for column, _ in gen), stop_ids, cancelled.is_set):
-                emit(("token", piece, count))
-    except Exception as e:  # reported to the client; the worker stays usable
-        logger.exception("generation failed on worker %d", worker.id)
-        emit(("error", f"generation failed: {type(e).__name__}: {e}", 0))
-    finally:
-        if gen is not None:
-            gen.close()
-        emit(("end", None, 0))
-
-
 async def _events(chat: ChatService, prompt: list[int], args: dict):
-    """The SSE body: a pooled worker generates in a thread; its pieces are relayed as they come."""
-    worker = await chat.pool.acquire()
+    """The SSE body: the request joins a worker's next batch; its text pieces are relayed as they come."""
+    batcher = pick(chat.batchers)
+    worker: Worker = batcher.worker
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
-    cancelled = threading.Event()
     t0 = time.perf_counter()
     n_tokens = 0
 
@@ -222,11 +217,8 @@ async def _events(chat: ChatService, prompt: list[int], args: dict):
         with contextlib.suppress(RuntimeError):  # the loop is already closed (server shutting down)
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
-    def finished(_future) -> None:  # release only once the thread is really done with the replica
-        worker.busy_seconds += time.perf_counter() - t0
-        chat.pool.release(worker)
-
-    loop.run_in_executor(chat.executor, _generate, worker, chat.tokenizer, prompt, args, cancelled, emit).add_done_callback(finished)
+    job = Job(prompt, args, emit)
+    batcher.submit(job)
     try:
         while (item := await queue.get())[0] != "end":
             kind, text, count = item
@@ -235,7 +227,7 @@ async def _events(chat: ChatService, prompt: list[int], args: dict):
             yield _sse({kind: text, "gpu": worker.id})
         yield _sse({"done": True})
     finally:
-        cancelled.set()  # client gone or reply done: the thread stops at the next token
+        job.cancelled.set()  # client gone or reply done: the row leaves its batch at the next token
         worker.requests_served += 1
         worker.tokens_generated += n_tokens
         chat.requests_served += 1

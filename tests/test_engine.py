@@ -136,14 +136,14 @@ def test_prefill_bucket_padding_and_replication(tok, model):
         np.testing.assert_allclose(logits[r], ref, atol=1e-5, rtol=1e-5)
     assert int(ds.cache.pos) == len(prompt)
     k = np.asarray(ds.cache.k)
-    assert k.shape == (2, 4, 64, 1, 32)
+    assert k.shape == (2, 4, 1, 64, 32)  # (layer, row, kv head, slot, head dim)
     np.testing.assert_array_equal(k[:, 0], k[:, 3])
     # The prompt's K/V agree with a cache built token-by-token through the masked path.
     cache = E.init_cache(model.config, 2, 64)
     for t in prompt:
         _, cache = cached_forward(model, np.array([[t], [t]], np.int32), cache)
     P = len(prompt)
-    np.testing.assert_allclose(k[:, 0, :P], np.asarray(cache.k)[:, 0, :P], atol=1e-5)
+    np.testing.assert_allclose(k[:, 0, :, :P], np.asarray(cache.k)[:, 0, :, :P], atol=1e-5)
 
 
 # --------------------------------------------------------------------------- decoding
@@ -386,6 +386,27 @@ def test_each_row_samples_from_its_own_seed(tok, model):
         eng.generate_multi(prompts, 1, seeds=[1], **kw)
     with pytest.raises(ValueError):
         eng.generate_multi([], 1, **kw)
+
+
+def test_per_prompt_settings_decode_together_as_each_alone(tok, model):
+    """max_tokens, temperature and top_k per prompt (the web server's batches): each row gets what it gets alone.
+
+    The greedy row is checked against the naive full-forward decode; the
+    sampled rows against the same request run alone, which with a fixed
+    ``k_width`` must not depend on the other rows' settings.
+    """
+    prompts = mixed_prompts(tok)[1:]
+    settings = dict(max_tokens=[5, 17, 11], temperature=[0.0, 1.0, 0.7], top_k=[None, 3, 40])
+    eng = E.Engine(model, tok, chunk_size=4, k_width=64)
+    seqs, masks = eng.generate_multi(prompts, 1, seeds=[1, 2, 3], **settings)
+    assert [len(s[0]) - len(p) for s, p in zip(seqs, prompts)] == [5, 17, 11]  # random_model never stops early
+    assert seqs[0][0] == naive_greedy(model, prompts[0], 5)
+    for i, p in enumerate(prompts):
+        alone = {k: v[i] for k, v in settings.items()}
+        assert eng.generate_batch(p, 1, seed=i + 1, **alone)[0] == seqs[i]
+    assert masks[1][0] == [0] * len(prompts[1]) + [1] * 17
+    with pytest.raises(ValueError, match="temperature"):
+        eng.generate_multi(prompts, 1, max_tokens=4, temperature=[1.0, 0.5])
 
 
 # --------------------------------------------------------------------------- compilation

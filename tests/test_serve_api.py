@@ -26,7 +26,7 @@ from fastapi.testclient import TestClient
 from nanochat_jax.demo import demo_model_and_tokenizer
 from nanochat_jax.serve_app import create_app
 from nanochat_jax.serve_request import MAX_BODY_BYTES
-from nanochat_jax.serve_workers import Worker, WorkerPool, build_workers
+from nanochat_jax.serve_workers import build_workers
 from model_helpers import greedy_decode
 from serve_helpers import BackgroundServer
 
@@ -176,17 +176,23 @@ def test_system_prompt_and_multi_turn_are_accepted(client):
     assert_streams(client, {"messages": convo, "max_tokens": 4})
 
 
-def test_greedy_reply_is_the_whole_conversations_greedy_decode():
-    """At temperature 0 the stream equals a naive full-forward greedy decode of the rendered conversation.
-
-    The demo model's zero output projections make logits depend on the last
-    token only; here they are random, so a server that dropped any part of the
-    conversation would answer differently.
-    """
+@pytest.fixture(scope="module")
+def context_demo():
+    """The demo model with random output projections: its logits depend on the whole context, not the last token only."""
     model, tokenizer = demo_model_and_tokenizer(vocab_size=300, sequence_len=128, seed=1)
     for i, name in enumerate(("attn_c_proj", "mlp_c_proj")):
         p = getattr(model.h, name)
         p[...] = 0.5 * jax.random.normal(jax.random.key(10 + i), p.shape) / p.shape[1] ** 0.5
+    return model, tokenizer
+
+
+def test_greedy_reply_is_the_whole_conversations_greedy_decode(context_demo):
+    """At temperature 0 the stream equals a naive full-forward greedy decode of the rendered conversation.
+
+    The model's logits depend on the whole context, so a server that dropped
+    any part of the conversation would answer differently.
+    """
+    model, tokenizer = context_demo
     convo = [{"role": "user", "content": "def f(x):"}, {"role": "assistant", "content": "return x"},
              {"role": "user", "content": "import jax"}]
     stop = (tokenizer.encode_special("<|assistant_end|>"), tokenizer.get_bos_token_id())
@@ -197,6 +203,42 @@ def test_greedy_reply_is_the_whole_conversations_greedy_decode():
     with TestClient(app) as c:
         _, text = assert_streams(c, {"messages": convo, "temperature": 0.0, "max_tokens": 10})
     assert text == tokenizer.decode(want)
+
+
+def test_concurrent_requests_are_decoded_together_each_as_alone(context_demo):
+    """Concurrent chats through the real app share one batch, and each reply is what that request gets alone.
+
+    Five greedy requests (different prompts, lengths and max_tokens) must
+    stream the naive full-forward greedy decode of their own conversation; a
+    sampled request (temperature 1, top_k 7, a seed) must stream what it
+    streams when sent alone. ``/health`` must show the six in one batch.
+    """
+    model, tokenizer = context_demo
+    stop = (tokenizer.encode_special("<|assistant_end|>"), tokenizer.get_bos_token_id())
+    texts = ["def f(x):", "import jax", "return the sum of x and y", "hello", "class Batcher"]
+    greedy = [{"messages": [{"role": "user", "content": t}], "temperature": 0.0, "max_tokens": 6 + 2 * i} for i, t in enumerate(texts)]
+    sampled = {"messages": [{"role": "user", "content": "print(x)"}], "temperature": 1.0, "top_k": 7, "max_tokens": 9, "seed": 5}
+    want = [tokenizer.decode(greedy_decode(model, tokenizer.render_for_completion(g), g["max_tokens"], stop)) for g in greedy]
+    app = create_app(build_workers(model, tokenizer), tokenizer, max_tokens=MAX_TOKENS, max_batch=16, batch_window_s=1.0)
+    with BackgroundServer(app) as url:
+
+        async def together():
+            async with httpx.AsyncClient(base_url=url, timeout=120) as ac:
+                return await asyncio.gather(*(ac.post("/chat/completions", json=body) for body in [*greedy, sampled]))
+
+        replies = [text_of(r) for r in asyncio.run(together())]
+        health = httpx.get(url + "/health").json()
+        alone = text_of(httpx.post(url + "/chat/completions", json=sampled, timeout=120))
+    assert replies[:-1] == want
+    assert replies[-1] == alone and alone
+    assert health["largest_batch"] == 6 and health["batches"] == 1, health
+
+
+def text_of(response) -> str:
+    assert response.status_code == 200, response.text
+    events = sse_events(response.text)
+    assert events[-1] == {"done": True}
+    return "".join(e["token"] for e in events[:-1])
 
 
 def test_seed_makes_replies_reproducible(client):
@@ -212,7 +254,7 @@ def test_seed_makes_replies_reproducible(client):
 
 def test_health_and_stats(client):
     h = client.get("/health").json()
-    assert h["status"] == "ok" and h["ready"] is True and h["num_workers"] == 1
+    assert h["status"] == "ok" and h["ready"] is True and h["num_workers"] == 1 and h["largest_batch"] == 1
     before = client.get("/stats").json()["requests_served"]
     assert_streams(client)
     st = client.get("/stats").json()
@@ -221,6 +263,7 @@ def test_health_and_stats(client):
     assert st["requests_rejected"] > 0  # the bad requests above were counted, not served
     (w,) = st["workers"]
     assert w["id"] == 0 and w["busy"] is False and w["requests_served"] >= 1 and w["tokens_generated"] >= 1
+    assert w["batch_sizes"] == {"1": w["batches"]} and w["batches"] >= w["requests_served"]  # one at a time: never batched
     assert w["device"].lower().startswith("cpu")
 
 
@@ -241,29 +284,7 @@ def test_unknown_route_and_wrong_method(client):
     assert client.get("/chat/completions").status_code == 405
 
 
-# --------------------------------------------------------------------------- worker pool
-
-
-def test_worker_pool_hands_out_each_worker_once():
-    """Pool mechanics alone (no model): a third request waits until a worker comes back."""
-    workers = [Worker(id=i, device=None, engine=None) for i in range(2)]
-    pool = WorkerPool(workers)
-
-    async def scenario():
-        a = await pool.acquire()
-        b = await pool.acquire()
-        assert {a.id, b.id} == {0, 1} and pool.available == 0
-        waiter = asyncio.ensure_future(pool.acquire())
-        await asyncio.sleep(0.01)
-        assert not waiter.done()
-        pool.release(a)
-        c = await asyncio.wait_for(waiter, 1.0)
-        assert c is a and pool.available == 0
-        pool.release(b)
-        pool.release(c)
-        assert pool.available == 2
-
-    asyncio.run(scenario())
+# --------------------------------------------------------------------------- several workers
 
 
 def test_two_workers_and_client_disconnect(demo):
