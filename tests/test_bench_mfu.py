@@ -312,8 +312,10 @@ def test_step_parts_times_every_part_on_both_sides(capsys):
     """``bench.step_parts`` prints one row per part with a JAX and a PyTorch median and their ratio."""
     from bench import step_parts
 
-    assert step_parts.main(["--depth", "1", "--vocab_size", "256", "--seq_len", "64", "--device_batch_size", "2", "--reps", "1"]) == 0
-    rows = {ln.split(" | ")[0].strip("| "): ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ") and " ms |" in ln}
+    argv = ["--depth", "1", "--vocab_size", "256", "--seq_len", "64", "--device_batch_size", "2", "--reps", "1"]
+    assert step_parts.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {ln.split(" | ")[0].strip("| "): ln for ln in lines if ln.startswith("| ") and " ms |" in ln}
     assert set(rows) == set(step_parts.PARTS)
     for part, row in rows.items():
         jax_ms, torch_ms, ratio = (float(c.strip().rstrip("msx ").replace(",", "")) for c in row.strip("|").split("|")[1:4])
