@@ -197,6 +197,40 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return jnp.concatenate([x1 * cos + x2 * sin, x2 * cos - x1 * sin], axis=-1)
 
 
+@jax.custom_vjp
+def _linear_explicit_grad(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return x @ kernel
+
+
+def _linear_fwd(x, kernel):
+    return x @ kernel, (x, kernel)
+
+
+def _linear_bwd(res, g):
+    x, kernel = res
+    return g @ kernel.T, jnp.einsum("...i,...o->io", x, g)
+
+
+_linear_explicit_grad.defvjp(_linear_fwd, _linear_bwd)
+
+
+def linear(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``x @ kernel`` for ``x (..., in)``, ``kernel (in, out)``; same values and gradients everywhere.
+
+    Why a function: for autodiff's weight gradient (a dot_general followed by a
+    transpose) XLA:CPU materialises the *gradient* transposed, fused into its
+    elementwise producer, and runs the dot on its slow Eigen path (for the
+    tiny config's lm_head a strided copy of the 2048x4096 logits gradient).
+    On CPU the weight gradient is therefore written out as
+    ``einsum("...i,...o->io", x, g)``, which XLA runs as a fast YNNPACK dot
+    with the small activation transposed (bench/NOTES.md, CPU section). Other
+    backends keep autodiff's form, which they handle well.
+    """
+    if jax.default_backend() == "cpu":
+        return _linear_explicit_grad(x, kernel)
+    return x @ kernel
+
+
 def resolve_attention_impl(config: GPTConfig) -> str:
     """cuDNN flash attention on NVIDIA GPUs in bf16/fp16, XLA elsewhere."""
     if config.attention_impl != "auto":
@@ -230,20 +264,20 @@ def block_forward(
     w = sharding.gather(p, dt)
 
     h = rms_norm(x)
-    q = (h @ w["attn_c_q"]).reshape(B, T, H, D)
-    k = (h @ w["attn_c_k"]).reshape(B, T, Hkv, D)
-    v = (h @ w["attn_c_v"]).reshape(B, T, Hkv, D)
+    q = linear(h, w["attn_c_q"]).reshape(B, T, H, D)
+    k = linear(h, w["attn_c_k"]).reshape(B, T, Hkv, D)
+    v = linear(h, w["attn_c_v"]).reshape(B, T, Hkv, D)
     q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     q, k = rms_norm(q), rms_norm(k)
     if attend is None:
         y, aux = causal_attention(q, k, v, resolve_attention_impl(config)), None
     else:
         y, aux = attend(q, k, v)
-    x = x + y.reshape(B, T, C) @ w["attn_c_proj"]
+    x = x + linear(y.reshape(B, T, C), w["attn_c_proj"])
 
     h = rms_norm(x)
-    h = jnp.square(jax.nn.relu(h @ w["mlp_c_fc"]))
-    x = x + h @ w["mlp_c_proj"]
+    h = jnp.square(jax.nn.relu(linear(h, w["mlp_c_fc"])))
+    x = x + linear(h, w["mlp_c_proj"])
     return x, aux
 
 
@@ -267,7 +301,7 @@ def softcap_logits(logits: jax.Array, vocab_size: int) -> jax.Array:
 def hidden_to_logits(x: jax.Array, lm_head: jax.Array, vocab_size: int) -> jax.Array:
     """Final norm, untied head in the activation dtype, then slice + fp32 + softcap."""
     x = rms_norm(x)
-    return softcap_logits(x @ lm_head.astype(x.dtype), vocab_size)
+    return softcap_logits(linear(x, lm_head.astype(x.dtype)), vocab_size)
 
 
 def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:

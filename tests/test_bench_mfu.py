@@ -308,6 +308,20 @@ def test_decode_runs_without_the_gpu_machines_missing_packages(tmp_path):
     assert "model: random d1" in proc.stdout and "tok/s" in proc.stdout
 
 
+def test_step_parts_times_every_part_on_both_sides(capsys):
+    """``bench.step_parts`` prints one row per part with a JAX and a PyTorch median and their ratio."""
+    from bench import step_parts
+
+    argv = ["--depth", "1", "--vocab_size", "256", "--seq_len", "64", "--device_batch_size", "2", "--reps", "1"]
+    assert step_parts.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {ln.split(" | ")[0].strip("| "): ln for ln in lines if ln.startswith("| ") and " ms |" in ln}
+    assert set(rows) == set(step_parts.PARTS)
+    for part, row in rows.items():
+        jax_ms, torch_ms, ratio = (float(c.strip().rstrip("msx ").replace(",", "")) for c in row.strip("|").split("|")[1:4])
+        assert jax_ms > 0 and torch_ms > 0 and ratio == pytest.approx(torch_ms / jax_ms, rel=0.25), part  # ms printed to 0.1
+
+
 def test_mfu_end_to_end_both_frameworks(tmp_path):
     """Both workers run with grain, tensorboardX, rustbpe and ml_collections absent, as on the GPU machines."""
     out = tmp_path / "mfu.json"

@@ -360,6 +360,23 @@ def test_chunked_cross_entropy_does_not_hold_all_logits():
         tiny_config(ce_chunk_size=-1)
 
 
+@pytest.mark.parametrize("x_shape", [(6, 5), (2, 3, 5)], ids=["2d", "batched"])
+def test_linear_value_and_gradients_match_hand_formulas(x_shape):
+    """``gpt.linear``'s explicit weight gradient: ``dx = g Wᵀ``, ``dW = Σ x gᵀ`` over every leading axis (float64 numpy)."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal((5, 7)).astype(np.float32)
+    g = rng.standard_normal(x_shape[:-1] + (7,)).astype(np.float32)  # a random cotangent, not all ones
+    y, vjp = jax.vjp(gpt.linear, jnp.asarray(x), jnp.asarray(w))
+    dx, dw = vjp(jnp.asarray(g))
+    x64, w64, g64 = (a.astype(np.float64) for a in (x, w, g))
+    np.testing.assert_allclose(np.asarray(y), x64 @ w64, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dx), g64 @ w64.T, rtol=1e-5, atol=1e-5)
+    want_dw = x64.reshape(-1, 5).T @ g64.reshape(-1, 7)
+    np.testing.assert_allclose(np.asarray(dw), want_dw, rtol=1e-5, atol=1e-5)
+    assert dx.shape == x.shape and dw.shape == w.shape and dw.dtype == jnp.float32
+
+
 def test_eager_forward_matches_jitted():
     m = jax_model_by_hand(torch_model(seed=2))
     B, T = SHAPES[0]
