@@ -19,8 +19,9 @@ starve or flatter the other, and each gets its own tuned environment.
   bf16 autocast, torch.compile, SDPA flash, fused AdamW), or with
   ``--nanochat PATH`` the user's own nanochat checkout driven the way
   classic ``base_train`` drives it.
-- Both use the same synthetic tokens (numpy seed 0) and report the loss after
-  their last step as a sanity check that the same thing was trained.
+- Both start from the same weights (the JAX init, loaded into the PyTorch
+  model) and use the same synthetic tokens (numpy seed 0), and report the loss
+  after their last step as a check that the same thing was trained.
   ``--data_dir`` feeds the JAX side from the project's real data loader
   instead (every step a new batch, waits for data included), to show the
   loader keeps up; its loss is then on real text and not comparable.

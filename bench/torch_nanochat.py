@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import os
 import statistics
 import time
 from pathlib import Path
@@ -368,6 +369,32 @@ def time_trainer(trainer: Trainer, x: torch.Tensor, y: torch.Tensor, *, steps: i
     return {"first_step_s": first_s, "compile_s": compile_s, "step_s": step_s, "loss": float(loss)}
 
 
+def jax_initial_state_dict(config: GPTConfig) -> dict[str, np.ndarray]:
+    """``bench.step``'s initial weights (``GPT(config, rngs=nnx.Rngs(0))``) in nanochat's layout.
+
+    Loaded into the PyTorch model so both sides train the same weights on the
+    same tokens and their losses can be compared closely. JAX runs on the host
+    here, leaving an accelerator to PyTorch.
+    """
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    from flax import nnx
+
+    from nanochat_jax import convert, gpt
+
+    jax_config = gpt.GPTConfig(**dataclasses.asdict(config))
+    return convert.params_to_state_dict(convert.model_params(gpt.GPT(jax_config, rngs=nnx.Rngs(0))), jax_config)
+
+
+def load_state_dict_numpy(model: nn.Module, state: dict[str, np.ndarray]) -> None:
+    """Copy ``state`` into ``model``'s parameters, each keeping its own device and dtype (bf16 ``wte`` on CUDA)."""
+    own = model.state_dict()
+    if missing := sorted(set(state) - set(own)):
+        raise KeyError(f"the model has no parameters named {missing[:3]}")
+    with torch.no_grad():
+        for name, array in state.items():
+            own[name].copy_(torch.from_numpy(array))
+
+
 def benchmark(args, *, device: str, compile: bool | None = None) -> dict:
     """Time this module's step (or ``args.nanochat``'s) on ``bench.step``'s tokens; ``args``: ``bench.common`` flags."""
     dev = resolve_device(device)
@@ -377,6 +404,7 @@ def benchmark(args, *, device: str, compile: bool | None = None) -> dict:
         trainer = build_nanochat_trainer(args.nanochat, config, dev, compile=compile)
     else:
         trainer = build_trainer(config, dev, compile=compile)
+    load_state_dict_numpy(trainer.model, jax_initial_state_dict(config))
     compiled = trainer.forward is not trainer.model
     xs, ys = synthetic_batch(args.vocab_size, args.grad_accum, args.device_batch_size, args.seq_len)
     x = torch.from_numpy(xs).long().to(dev)

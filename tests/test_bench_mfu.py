@@ -339,7 +339,9 @@ def test_mfu_end_to_end_both_frameworks(tmp_path):
         assert r["num_devices"] == 1 and r["tokens_per_s"] > 0 and r["step_ms"] > 0 and r["mfu"] is None
         # Same tokens, zero-init lm_head: both start at ln(V) and both learned the repeated batch.
         assert r["loss"] < math.log(256) - 0.3
-    assert abs(by["jax"]["loss"] - by["torch"]["loss"]) < 0.3
+    # Same initial weights (the JAX init loaded into torch) and tokens: after two updates the losses
+    # differed by 2.1e-6 here (bf16 Newton-Schulz rounding may differ across CPUs, hence the margin).
+    assert abs(by["jax"]["loss"] - by["torch"]["loss"]) < 1e-4
     assert res["jax_over_torch_tokens_per_s"] == pytest.approx(by["jax"]["tokens_per_s"] / by["torch"]["tokens_per_s"])
 
 
