@@ -36,20 +36,11 @@ from nanochat_jax.engine import FORCED_QUEUE, Engine
 from nanochat_jax.gpt import GPT, GPTConfig
 
 
-class _SyntheticTokenizer:
-    """Enough tokenizer for the Engine with a random model: special ids at the top of the vocab."""
+class SyntheticTokenizer:
+    """Enough tokenizer for both engines with a random model: special ids at the top of the vocab."""
 
-    SPECIALS = (
-        "<|bos|>",
-        "<|user_start|>",
-        "<|user_end|>",
-        "<|assistant_start|>",
-        "<|assistant_end|>",
-        "<|python_start|>",
-        "<|python_end|>",
-        "<|output_start|>",
-        "<|output_end|>",
-    )
+    SPECIALS = ("<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>",
+                "<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>")  # fmt: skip
 
     def __init__(self, vocab_size: int):
         self.ids = {name: vocab_size - len(self.SPECIALS) + i for i, name in enumerate(self.SPECIALS)}
@@ -59,6 +50,12 @@ class _SyntheticTokenizer:
 
     def get_bos_token_id(self) -> int:
         return self.ids["<|bos|>"]
+
+    def encode(self, text, *args, **kwargs):
+        return [ord(c) % self.ids["<|bos|>"] for c in text]
+
+    def decode(self, ids) -> str:
+        return "".join(chr(32 + i % 90) for i in ids)
 
 
 def parse_args(argv=None):
@@ -86,7 +83,7 @@ def build(args):
         args.depth, vocab_size=args.vocab_size, sequence_len=args.seq_len, compute_dtype=dtype, scan_layers=args.scan_layers
     )
     model = GPT(config, rngs=nnx.Rngs(0))
-    return model, _SyntheticTokenizer(config.vocab_size), f"random d{args.depth}"
+    return model, SyntheticTokenizer(config.vocab_size), f"random d{args.depth}"
 
 
 def _sync(x):

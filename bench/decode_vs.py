@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from bench.decode import SyntheticTokenizer
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,28 +43,6 @@ def parse_args(argv=None):
     p.add_argument("--torch_threads", type=int, default=0, help="0 = torch's default")
     p.add_argument("--nanochat", default=None, metavar="PATH", help="run a nanochat checkout's Engine as the torch side")
     return p.parse_args(argv)
-
-
-class SyntheticTokenizer:
-    """Specials at the top of the vocab (as ``bench.decode``), for a random model: what both engines ask a tokenizer."""
-
-    SPECIALS = ("<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>",
-                "<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>")  # fmt: skip
-
-    def __init__(self, vocab_size: int):
-        self.ids = {name: vocab_size - len(self.SPECIALS) + i for i, name in enumerate(self.SPECIALS)}
-
-    def encode_special(self, name: str) -> int:
-        return self.ids[name]
-
-    def get_bos_token_id(self) -> int:
-        return self.ids["<|bos|>"]
-
-    def encode(self, text, *args, **kwargs):
-        return [ord(c) % self.ids["<|bos|>"] for c in text]
-
-    def decode(self, ids) -> str:
-        return "".join(chr(32 + i % 90) for i in ids)
 
 
 def random_checkpoint(depth: int, vocab_size: int, seq_len: int, seed: int = 0):
