@@ -4,9 +4,9 @@
 one token stream, cut into ``rows*T+1`` windows, no loss mask; one epoch.
 ``PaddedConversations`` (chat_sft): one conversation per row, loss on what the
 assistant writes only (targets -1 elsewhere), rows padded to a few fixed length
-buckets so the step compiles a bounded number of programs. Both walk the
-dataset with the process stride (``rank, rank+world, ...``) and resume exactly
-from a small JSON state.
+buckets so the step compiles a bounded number of programs. The stream walks
+the dataset with the process stride (``rank, rank+world, ...``); SFT's rows are
+the same on every topology. Both resume exactly from a small JSON state.
 """
 
 from __future__ import annotations
@@ -88,7 +88,13 @@ def sft_rows(rendered: list[tuple[list[int], list[int]]], pad_id: int, buckets: 
 
 
 class PaddedConversations:
-    """nanochat's sft_data_generator: ``rows`` conversations per micro-batch, cycling over the dataset."""
+    """nanochat's sft_data_generator: ``rows`` conversations per micro-batch and process, cycling over the dataset.
+
+    Micro-batch m holds conversations ``m*R .. m*R+R-1`` (R = rows x processes,
+    wrapping at the end) on any topology, process p taking its ``rows`` of
+    them: the set nanochat's rank stride gives a micro-batch, in another row
+    order. The state is that global count, so a run resumes on another layout.
+    """
 
     exhausted = False  # SFT's horizon is a step count (epochs of the dataset), not the data running out
 
@@ -99,19 +105,18 @@ class PaddedConversations:
         self.buckets = length_buckets(max_len)
         self.pad_id = tokenizer.encode_special("<|assistant_end|>")
         rank, world = _process_grid()
-        self.indices = range(rank, len(dataset), world)
-        self.consumed = (state or {"consumed": 0})["consumed"]
+        self.first, self.global_rows = rank * rows, rows * world
+        self.consumed = (state or {"consumed": 0})["consumed"]  # conversations handed out to all processes
 
     @property
     def progress(self) -> float:
-        return self.consumed / len(self.indices)
+        return self.consumed / len(self.dataset)
 
     def next(self) -> dict[str, np.ndarray]:
-        rendered = []
-        for _ in range(self.rows):
-            conversation = self.dataset[self.indices[self.consumed % len(self.indices)]]
-            rendered.append(self.tokenizer.render_conversation(conversation, max_tokens=self.buckets[-1]))
-            self.consumed += 1
+        start = self.consumed + self.first
+        conversations = [self.dataset[(start + j) % len(self.dataset)] for j in range(self.rows)]
+        self.consumed += self.global_rows
+        rendered = [self.tokenizer.render_conversation(c, max_tokens=self.buckets[-1]) for c in conversations]
         return sft_rows(rendered, self.pad_id, self.buckets)
 
     def get_state(self) -> dict:

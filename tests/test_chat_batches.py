@@ -105,3 +105,32 @@ def test_empty_mixtures_are_errors():
         PaddedConversations([], tok(), rows=2, max_len=64)
     with pytest.raises(ValueError, match="empty"):
         ConversationStream([], tok(), 2, 16)
+
+
+@pytest.mark.parametrize("world, rows", [(2, 2), (4, 1)])
+def test_sft_micro_batches_are_the_same_conversations_on_any_topology(monkeypatch, world, rows):
+    """Micro-batch m is conversations 4m..4m+3 (wrapping) whether 1 process reads 4 rows or ``world`` read ``rows`` each,
+    and a state saved on one layout resumes on the other (the count is global)."""
+    import nanochat_jax.chat_batches as cb
+
+    convs = conversations(7)
+    want = [[(4 * m + j) % 7 for j in range(4)] for m in range(5)]  # conversation indices, by hand
+    first_row = {i: spec_tokens(c)[0][:-1] for i, c in enumerate(convs)}
+
+    def rows_of(batch):
+        return [next(i for i, ids in first_row.items() if batch["inputs"][r, : len(ids)].tolist() == ids) for r in range(len(batch["inputs"]))]
+
+    def layout(world_, rows_, state=None):
+        sources = []
+        for rank in range(world_):
+            monkeypatch.setattr(cb, "_process_grid", lambda rank=rank: (rank, world_))
+            sources.append(PaddedConversations(convs, tok(), rows=rows_, max_len=256, state=state))
+        return sources
+
+    single, multi = layout(1, 4)[0], layout(world, rows)
+    for m in range(3):
+        assert rows_of(single.next()) == want[m]
+        assert [i for s in multi for i in rows_of(s.next())] == want[m]
+    assert single.get_state() == multi[0].get_state() == {"consumed": 12}
+    resumed_multi, resumed_single = layout(world, rows, single.get_state()), layout(1, 4, multi[0].get_state())[0]
+    assert [i for s in resumed_multi for i in rows_of(s.next())] == want[3] == rows_of(resumed_single.next())
