@@ -71,6 +71,13 @@ def bucket(n: int, minimum: int, cap: int | None = None) -> int:
 # --------------------------------------------------------------------------- sampling
 
 
+def first_argmax(x: jax.Array) -> jax.Array:
+    """``argmax`` over the last axis (the first maximum, as torch's) as two plain reductions: XLA:CPU runs
+    ``argmax``'s (value, index) reduction as a slow scalar loop (~80 us for 8 x 4,096 logits)."""
+    ids = jnp.arange(x.shape[-1], dtype=jnp.int32)
+    return jnp.min(jnp.where(x == jnp.max(x, axis=-1, keepdims=True), ids, x.shape[-1] - 1), axis=-1)
+
+
 def sample_tokens(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_k: jax.Array, k_max: int | None,
                   step: jax.Array | None = None) -> jax.Array:
     """One token per row of ``logits (B, V)``, row keys ``(B, 2)``: argmax at temperature 0, else softmax(l/T) over the top k.
@@ -88,7 +95,7 @@ def sample_tokens(logits: jax.Array, keys: jax.Array, temperature: jax.Array, to
     """
     B = logits.shape[0]
     temperature, top_k = jnp.broadcast_to(temperature, (B,)), jnp.broadcast_to(top_k, (B,))
-    greedy = lambda: jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    greedy = lambda: first_argmax(logits)
 
     def one_row(row, key, t, k):
         t = jnp.where(t > 0, t, 1.0)  # greedy rows' draws are discarded below

@@ -264,9 +264,11 @@ def block_forward(
     w = sharding.gather(p, dt)
 
     h = rms_norm(x)
-    q = linear(h, w["attn_c_q"]).reshape(B, T, H, D)
-    k = linear(h, w["attn_c_k"]).reshape(B, T, Hkv, D)
-    v = linear(h, w["attn_c_v"]).reshape(B, T, Hkv, D)
+    if "attn_c_qkv" in w:  # the engine's fused projection (kv_cache.layer_weights)
+        q, k, v = jnp.split(linear(h, w["attn_c_qkv"]), [H * D, (H + Hkv) * D], axis=-1)
+    else:
+        q, k, v = (linear(h, w[f"attn_c_{n}"]) for n in "qkv")
+    q, k, v = q.reshape(B, T, H, D), k.reshape(B, T, Hkv, D), v.reshape(B, T, Hkv, D)
     q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     q, k = rms_norm(q), rms_norm(k)
     if attend is None:

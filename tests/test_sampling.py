@@ -51,3 +51,15 @@ def test_counts_follow_softmax_of_logits_over_temperature(temperature, top_k):
 def test_temperature_zero_is_argmax():
     counts = draw(0.0, None)
     assert counts[np.argmax(LOGITS)] == N
+
+
+def test_greedy_takes_the_first_of_tied_maxima_like_torch_argmax():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((64, 300)).astype(np.float32)
+    for r in range(0, 64, 2):  # half the rows: the maximum repeated at random later columns
+        top = logits[r].max()
+        logits[r, rng.choice(300, 3, replace=False)] = top
+    want = [int(np.flatnonzero(row == row.max())[0]) for row in logits]  # the first maximum, by definition
+    keys = jax.random.split(jax.random.PRNGKey(0), 64)
+    got = sample_tokens(jnp.asarray(logits), keys, jnp.float32(0.0), jnp.int32(0), None)
+    assert np.asarray(got).tolist() == want
