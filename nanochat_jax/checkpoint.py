@@ -38,13 +38,12 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 from orbax.checkpoint.checkpoint_managers import LatestN
 
 from nanochat_jax import integrity
-from nanochat_jax.common import STAGE_DIRS, STAGE_MODULES, get_base_dir, print0
+from nanochat_jax.common import STAGE_DIRS, STAGE_MODULES, get_base_dir, json_safe, print0
 from nanochat_jax.errors import CheckpointCorruptError, CheckpointError
 from nanochat_jax.gpt import GPT, GPTConfig
 from nanochat_jax.sharding import make_mesh, replicated
@@ -87,17 +86,6 @@ def abstract_params(config: GPTConfig, sharding: jax.sharding.Sharding | None = 
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), tree)
 
 
-def _json_safe(obj: Any) -> Any:
-    """Meta must be plain JSON: numpy scalars/arrays become Python numbers/lists."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (np.generic, np.ndarray)) or hasattr(obj, "__jax_array__") or isinstance(obj, jax.Array):
-        return np.asarray(obj).tolist()
-    return obj
-
-
 class Checkpointer:
     """One run directory's Orbax manager: save every N steps, keep the last K."""
 
@@ -128,7 +116,7 @@ class Checkpointer:
         trees = {"params": params} if opt_state is None else {"params": params, "opt_state": opt_state}
         meta = {**meta, CHECKSUMS: {item: integrity.fingerprints(tree)[0] for item, tree in trees.items()}}
         items = {item: ocp.args.StandardSave(tree) for item, tree in trees.items()}
-        items["meta"] = ocp.args.JsonSave(_json_safe(meta))
+        items["meta"] = ocp.args.JsonSave(json_safe(meta))
         self._mngr.save(step, args=ocp.args.Composite(**items), force=True)
 
     def wait(self) -> None:

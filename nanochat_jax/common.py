@@ -1,4 +1,4 @@
-"""Small shared utilities: where files live, process-0 printing, atomic writes.
+"""Small shared utilities: where files live, process-0 printing, atomic writes, JSON-safe metadata.
 
 Kept dependency-free (no jax import at module level) so the tokenizer and data
 tools can use it without paying JAX's import time.
@@ -67,3 +67,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def json_safe(obj):
+    """Metadata as plain JSON: numpy / jax scalars and arrays become numbers and lists, keys strings."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj.tolist() if hasattr(obj, "tolist") else obj

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from nanochat_jax.common import atomic_write
+from nanochat_jax.common import atomic_write, json_safe
 from nanochat_jax.errors import CheckpointFormatError, MissingDependencyError, UsageError
 
 TORCH_INSTALL_HINT = "pip install 'nanochat-jax[torch]'"
@@ -168,6 +168,7 @@ def params_to_state_dict(params: Mapping[str, Any], config) -> dict[str, np.ndar
 
 def build_model(config, params: Mapping[str, Any]):
     """A ``GPT`` holding ``params`` without first materialising a random init."""
+    import jax
     import jax.numpy as jnp
     from flax import nnx
 
@@ -175,7 +176,7 @@ def build_model(config, params: Mapping[str, Any]):
 
     abstract = nnx.eval_shape(lambda: GPT(config, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
-    nnx.replace_by_pure_dict(state, _tree_map(lambda a: jnp.asarray(a, dtype=jnp.float32), params))
+    nnx.replace_by_pure_dict(state, jax.tree.map(lambda a: jnp.asarray(a, dtype=jnp.float32), params))
     return nnx.merge(graphdef, state)
 
 
@@ -184,12 +185,6 @@ def model_params(model) -> dict[str, Any]:
     from flax import nnx
 
     return nnx.to_pure_dict(nnx.state(model, nnx.Param))
-
-
-def _tree_map(fn, tree):
-    if isinstance(tree, Mapping):
-        return {k: _tree_map(fn, v) for k, v in tree.items()}
-    return fn(tree)
 
 
 # --------------------------------------------------------------------------- files
@@ -267,13 +262,6 @@ def load_torch_checkpoint(checkpoint_dir: str | Path, step: int | None = None, *
     return build_model(config, params), meta
 
 
-def _json_default(o):
-    """numpy/jax scalars and arrays in meta (e.g. a loss) become plain JSON."""
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    raise TypeError(f"meta value of type {type(o).__name__} is not JSON serialisable")
-
-
 def save_torch_checkpoint(model, meta: Mapping[str, Any] | None, checkpoint_dir: str | Path, step: int):
     """Write ``model_{step:06d}.pt`` + ``meta_{step:06d}.json`` that nanochat's ``load_model`` accepts.
 
@@ -297,7 +285,7 @@ def save_torch_checkpoint(model, meta: Mapping[str, Any] | None, checkpoint_dir:
     with atomic_write(model_path, "wb") as f:
         torch.save(state_dict, f)
     with atomic_write(meta_path, "w") as f:
-        json.dump(full_meta, f, indent=2, default=_json_default)
+        json.dump(json_safe(full_meta), f, indent=2)
     return model_path, meta_path
 
 
