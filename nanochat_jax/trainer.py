@@ -194,42 +194,6 @@ def grad_accum_steps(cfg, num_devices: int) -> int:
     return accumulation(cfg.loop.total_batch_size, rows * seq * num_devices, what)
 
 
-class StreamBatches:
-    """An endless loader of whole steps (pretraining's) as a batch source: ``accum`` micro-batches per step, never exhausted.
-
-    The loader hands out this process's rows of a step; they are split here, so the
-    loader's state is only read between steps, and ``merge_states`` joins every
-    process's state into the run's (resumable on any topology).
-    """
-
-    progress, exhausted = 0.0, False
-
-    def __init__(self, loader, accum: int):
-        self.loader, self.accum, self.pending = loader, accum, []
-
-    def next(self) -> dict:
-        from nanochat_jax.dataloader import micro_batches
-
-        if not self.pending:
-            xs, ys = (micro_batches(a, self.accum) for a in next(self.loader))
-            self.pending = [{"inputs": x, "targets": y} for x, y in zip(xs, ys)]
-        return self.pending.pop(0)
-
-    def get_state(self) -> dict:
-        if self.pending:
-            raise RuntimeError("the data state was read in the middle of a step")
-        return self.loader.get_state()
-
-    @staticmethod
-    def merge_states(states: list[dict]) -> dict:
-        from nanochat_jax.dataloader import merge_states
-
-        return merge_states(states)
-
-    def close(self) -> None:
-        self.loader.close()
-
-
 def pad_batch(batch: dict[str, np.ndarray], width: int) -> dict[str, np.ndarray]:
     """Right-pad every ``(rows, T)`` leaf to ``width`` columns (targets with -1, the rest with 0), so the
     micro-batches of one step, and of all hosts, share a shape."""
