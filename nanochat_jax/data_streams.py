@@ -1,4 +1,4 @@
-"""Topology-invariant steps from ``S`` data streams: pretraining's scheme, apart from its parquet reading.
+"""Topology-invariant steps from ``S`` data streams: the scheme pretraining and midtraining share.
 
 nanochat's rank ``r`` of ``W`` reads its own share of the data, so the rows of a step
 depend on the world size. Here a step's ``R`` rows are a function of the data, the
@@ -32,9 +32,10 @@ def process_rows(step_rows: int, streams: int, process_index: int, process_count
 def fit_streams(streams: int, step_rows: int, items: int) -> int:
     """The largest stream count ≤ ``streams`` and ≤ ``items`` (row groups, conversations) that divides ``step_rows``.
 
-    For a val split too small to give every one of ``streams`` streams something to read.
+    For a val split too small to give every one of ``streams`` streams something to read
+    (1 when it is empty, for the loader to refuse with its own message).
     """
-    return max(d for d in range(1, min(streams, items) + 1) if step_rows % d == 0)
+    return max((d for d in range(1, min(streams, items) + 1) if step_rows % d == 0), default=1)
 
 
 def micro_batches(rows: np.ndarray, accum: int) -> np.ndarray:
@@ -109,17 +110,24 @@ def merge_states(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 class StreamBatches:
-    """An endless loader of whole steps (pretraining's) as a batch source: ``accum`` micro-batches per step, never exhausted.
+    """A loader of whole steps (pretraining's, midtraining's) as a batch source: ``accum`` micro-batches per step.
 
     The loader hands out this process's rows of a step; they are split here, so the
     loader's state is only read between steps, and ``merge_states`` joins every
-    process's state into the run's (resumable on any topology).
+    process's state into the run's (resumable on any topology). A loader that ends
+    (midtraining's) has ``progress`` and ``exhausted``; pretraining's never ends.
     """
-
-    progress, exhausted = 0.0, False
 
     def __init__(self, loader, accum: int):
         self.loader, self.accum, self.pending = loader, accum, []
+
+    @property
+    def progress(self) -> float:
+        return getattr(self.loader, "progress", 0.0)
+
+    @property
+    def exhausted(self) -> bool:
+        return getattr(self.loader, "exhausted", False)
 
     def next(self) -> dict:
         if not self.pending:
