@@ -1,12 +1,14 @@
 """Batches of rendered conversations for midtraining and SFT (nanochat's two chat collations).
 
-``ConversationStream`` (mid_train): conversations rendered and concatenated into
-one token stream, cut into ``rows*T+1`` windows, no loss mask; one epoch.
-``PaddedConversations`` (chat_sft): one conversation per row, loss on what the
-assistant writes only (targets -1 elsewhere), rows padded to a few fixed length
-buckets so the step compiles a bounded number of programs. The stream walks
-the dataset with the process stride (``rank, rank+world, ...``); SFT's rows are
-the same on every topology. Both resume exactly from a small JSON state.
+``MidBatches`` (mid_train): conversations rendered and concatenated into token
+streams, cut into rows, no loss mask; one epoch. It follows ``data_streams``'
+scheme, as pretraining does: stream ``k`` of ``S`` renders conversations ``k, k+S,
+…`` (nanochat's mid_data_generator on rank ``k``), so a step's rows are the same
+on every topology. ``PaddedConversations`` (chat_sft): one conversation per row,
+loss on what the assistant writes only (targets -1 elsewhere), rows padded to a
+few fixed length buckets so the step compiles a bounded number of programs;
+micro-batch m is the same conversations on every topology. Both resume exactly
+from a small JSON state, also on another process layout.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from nanochat_jax.data_streams import StepStreams
 from nanochat_jax.packing import StreamPacker
+
+MID_STATE_VERSION = 1  # per-stream conversation positions (the process-strided stream's states had no version)
 
 
 def _process_grid() -> tuple[int, int]:
@@ -22,44 +27,83 @@ def _process_grid() -> tuple[int, int]:
 
 
 class ConversationStream:
-    """nanochat's mid_data_generator: rendered conversations through the pretraining ``StreamPacker``.
+    """Data stream ``k`` of ``S``: conversations ``k, k+S, …`` rendered into one ``StreamPacker`` stream, cycling.
 
-    Each micro-batch is the stream's next ``rows*T+1`` tokens; the state is the
-    conversation and token offset where the stream continues (never tokens).
-    ``exhausted`` turns on when the last conversation of the epoch is rendered.
+    ``cursor`` counts on past the end instead of wrapping (conversation ``cursor % size``
+    is rendered next), so the state ``{cursor, offset}`` (where the packer's next token
+    is) also says whether the stream went past the end of the epoch.
     """
 
-    def __init__(self, dataset, tokenizer, rows: int, seq_len: int, state: dict | None = None, max_tokens: int = 2048):
-        if len(dataset) == 0:
-            raise ValueError("the midtraining mixture is empty")
-        self.dataset, self.tokenizer, self.rows, self.seq_len, self.max_tokens = dataset, tokenizer, rows, seq_len, max_tokens
-        self.rank, self.world = _process_grid()
-        state = state or {"cursor": self.rank, "offset": 0, "exhausted": False}
-        self.cursor, self.exhausted = state["cursor"], state["exhausted"]
+    def __init__(self, render, size: int, first: int, stride: int):
+        self.render, self.size, self.first, self.stride = render, size, first, stride
+        self.cursor = first
         self.packer = StreamPacker(self._chunks())
-        self.packer.reset(state["cursor"], state["offset"])
 
     def _chunks(self):
-        while True:
-            index = self.cursor
-            ids, _ = self.tokenizer.render_conversation(self.dataset[index], max_tokens=self.max_tokens)
-            self.cursor += self.world
-            if self.cursor >= len(self.dataset):
-                self.cursor -= len(self.dataset)
-                self.exhausted = True
-            yield [index], [ids]
+        while True:  # reads the cursor at every chunk, so a ``set_state`` takes effect at once
+            key = self.cursor
+            self.cursor += self.stride
+            yield [key], [self.render(key % self.size)]
 
     @property
     def progress(self) -> float:
-        return self.cursor / len(self.dataset)
+        """nanochat's ``cursor / dataset_size``, the cursor wrapped (the trainer keeps the maximum)."""
+        return (self.cursor % self.size) / self.size
 
-    def next(self) -> dict[str, np.ndarray]:
-        inputs, targets = self.packer.next_batch(self.rows, self.seq_len)
-        return {"inputs": inputs, "targets": targets}
+    @property
+    def wrapped(self) -> bool:
+        """The stream rendered its last conversation of the epoch (nanochat's ``last_step``)."""
+        return self.cursor >= self.size
 
     def get_state(self) -> dict:
         cursor, offset = self.packer.position() or (self.cursor, 0)
-        return {"cursor": int(cursor), "offset": int(offset), "exhausted": self.exhausted}
+        return {"cursor": int(cursor), "offset": int(offset)}
+
+    def set_state(self, state: dict) -> None:
+        cursor = int(state["cursor"])
+        if cursor < 0 or cursor % self.stride != self.first % self.stride:
+            raise ValueError(f"state puts data stream {self.first} at conversation {cursor}, which is not one of its "
+                             f"conversations {self.first}, {self.first + self.stride}, …: a corrupt state")
+        self.cursor = cursor
+        self.packer.reset(cursor, int(state["offset"]))
+
+
+class MidBatches(StepStreams):
+    """nanochat's mid_data_generator on ``S`` streams: this process's rows of each step (``StepStreams``).
+
+    Each stream packs its ``R/S`` rows of a step as its next ``R/S·T+1`` tokens, so
+    with ``S`` = ``P`` = nanochat's ranks and one micro-batch per step the rows are
+    nanochat's. ``progress`` (max over this process's streams) and ``exhausted`` (any
+    of them wrapped) are agreed over processes by the trainer (max), which makes them
+    the same on every topology.
+    """
+
+    def __init__(self, dataset, tokenizer, step_rows: int, seq_len: int, *, streams: int, process_index: int,
+                 process_count: int, state: dict | None = None, max_tokens: int = 2048):
+        if len(dataset) == 0:
+            raise ValueError("the midtraining mixture is empty")
+        if len(dataset) < streams:
+            raise ValueError(f"the midtraining mixture has {len(dataset)} conversations, fewer than its {streams} "
+                             "data streams (data.streams): some stream would have none of its own")
+        super().__init__(step_rows, seq_len, streams, process_index, process_count)
+        self.identity = {"version": MID_STATE_VERSION, "mode": "conversations", "streams": streams,
+                         "conversations": len(dataset), "vocab_size": int(tokenizer.get_vocab_size()),
+                         "bos": int(tokenizer.get_bos_token_id())}  # fmt: skip
+
+        def render(index: int) -> list[int]:
+            return tokenizer.render_conversation(dataset[index], max_tokens=max_tokens)[0]
+
+        self.streams = {k: ConversationStream(render, len(dataset), k, streams) for k in self.owned}
+        if state is not None:
+            self.set_state(state)
+
+    @property
+    def progress(self) -> float:
+        return max(s.progress for s in self.streams.values())
+
+    @property
+    def exhausted(self) -> bool:
+        return any(s.wrapped for s in self.streams.values())
 
     def close(self) -> None:
         pass

@@ -2,14 +2,12 @@
 
 nanochat's two pretraining loaders (``stream``: classic concatenation, ``bestfit``:
 HEAD's BOS-aligned rows, see ``packing``), with grain's prefetch thread in front.
-Unlike nanochat, whose data order depends on the world size, a step's rows are a
-function of the data, the config and the step alone: ``S`` data streams (stream
-``k`` reads row groups ``k, k+S, …``) each pack ``R/S`` rows per step, the step's
-canonical rows are their concatenation, and process ``p`` of ``P`` runs only the
-streams behind its rows ``[p·R/P, (p+1)·R/P)``. Any topology thus trains on the
-same rows. The JSON state holds document positions per stream, never tokens; the
-states of all processes merge (``merge_states``) into the run's, which resumes on
-any topology.
+Unlike nanochat, whose data order depends on the world size, a step's rows follow
+``data_streams``' scheme: ``S`` data streams (stream ``k`` reads row groups ``k, k+S,
+…``) each pack ``R/S`` rows per step and process ``p`` runs only the streams behind
+its rows, so any topology trains on the same rows. The JSON state holds document
+positions per stream, never tokens; the states of all processes merge
+(``data_streams.merge_states``) into the run's, which resumes on any topology.
 """
 
 from __future__ import annotations
@@ -18,12 +16,12 @@ import base64
 import itertools
 import os
 import sys
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import grain
 import numpy as np
 
-from nanochat_jax.config import ConfigError
+from nanochat_jax.data_streams import StepStreams, fit_streams, micro_batches
 from nanochat_jax.dataset import parquet_files_for_split
 from nanochat_jax.packing import BestFitPacker, StreamPacker
 from nanochat_jax.parquet_docs import DocKey, DocumentReader, strided_row_groups, split_row_groups
@@ -31,21 +29,6 @@ from nanochat_jax.parquet_docs import DocKey, DocumentReader, strided_row_groups
 MODES = ("stream", "bestfit")
 STATE_VERSION = 2  # 1: one process's row groups; 2: per-stream positions, topology-free
 DEFAULT_STREAMS = 8  # configs' data.streams; the evaluations and benchmarks without a config use it
-
-
-def process_rows(step_rows: int, streams: int, process_index: int, process_count: int) -> tuple[int, int, range]:
-    """``(lo, hi, streams)``: process ``p``'s canonical rows ``[lo, hi)`` of a step and the streams that hold them."""
-    if step_rows % streams or step_rows % process_count:
-        raise ConfigError(f"a step's {step_rows} rows must divide into {streams} data streams and {process_count} "
-                          f"processes; set data.streams to a divisor of {step_rows} (total_batch_size / max_seq_len)")
-    per_stream, per_process = step_rows // streams, step_rows // process_count
-    lo, hi = process_index * per_process, (process_index + 1) * per_process
-    return lo, hi, range(lo // per_stream, -(-hi // per_stream))
-
-
-def fit_streams(streams: int, step_rows: int, row_groups: int) -> int:
-    """The largest stream count ≤ ``streams`` and ≤ ``row_groups`` that divides ``step_rows`` (e.g. for the val split)."""
-    return max(d for d in range(1, min(streams, row_groups) + 1) if step_rows % d == 0)
 
 
 def split_stream_count(streams: int, step_rows: int, split: str, data_dir) -> int:
@@ -113,21 +96,18 @@ class DocStream:
         return keys, texts
 
 
-class PretrainBatches:
-    """This process's rows of each step, produced on the prefetch thread; ``get_state``/``set_state`` resume exactly.
+class PretrainBatches(StepStreams):
+    """This process's rows of each step (``StepStreams``), produced on the prefetch thread; resumable exactly.
 
     The tokenizer is duck-typed: ``encode(texts, prepend=bos, num_threads=n)``,
-    ``get_bos_token_id()`` and ``get_vocab_size()``. Each owned stream packs its
-    ``step_rows / streams`` rows of a step in one packer call, so a stream's tokens
-    do not depend on how a step is split into processes or micro-batches.
+    ``get_bos_token_id()`` and ``get_vocab_size()``.
     """
 
     def __init__(self, tokenizer, files, step_rows: int, seq_len: int, *, mode: str, streams: int, process_index: int,
                  process_count: int, tokenizer_threads: int, tokenizer_batch_size: int, buffer_size: int):
-        self.tokenizer, self.step_rows, self.seq_len, self.mode = tokenizer, step_rows, seq_len, mode
-        self.bos, self.threads = int(tokenizer.get_bos_token_id()), tokenizer_threads
-        self.lo, self.hi, owned = process_rows(step_rows, streams, process_index, process_count)
-        self.per_stream = step_rows // streams
+        super().__init__(step_rows, seq_len, streams, process_index, process_count)
+        self.tokenizer, self.threads = tokenizer, tokenizer_threads
+        self.bos = int(tokenizer.get_bos_token_id())
         groups = split_row_groups(files)
         self.identity = {  # what a saved state must match: same mode, streams, shards and tokenizer
             "version": STATE_VERSION, "mode": mode, "streams": streams,
@@ -136,56 +116,10 @@ class PretrainBatches:
             "vocab_size": int(tokenizer.get_vocab_size()), "bos": self.bos,
         }
         self.streams = {k: DocStream(self._encode, strided_row_groups(groups, k, streams), mode, tokenizer_batch_size,
-                                     buffer_size) for k in owned}  # fmt: skip
-        self.batches = 0
+                                     buffer_size) for k in self.owned}  # fmt: skip
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer.encode(texts, prepend=self.bos, num_threads=self.threads)
-
-    def __next__(self) -> tuple[np.ndarray, np.ndarray]:
-        parts = [s.packer.next_batch(self.per_stream, self.seq_len) for s in self.streams.values()]
-        start = self.lo - min(self.streams) * self.per_stream
-        self.batches += 1
-        return tuple(np.ascontiguousarray(np.concatenate(p)[start:start + self.hi - self.lo]) for p in zip(*parts))
-
-    def get_state(self) -> dict[str, Any]:
-        return {**self.identity, "batches": self.batches,
-                "stream_states": {str(k): s.get_state() for k, s in self.streams.items()}}  # fmt: skip
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        check_identity(state, self.identity)
-        states = state["stream_states"]
-        missing = [k for k in self.streams if str(k) not in states]
-        if missing:
-            raise ValueError(f"the state has no position for data stream(s) {missing}: it is one process's state, "
-                             "not the run's (merge every process's state with merge_states)")
-        for k, stream in self.streams.items():
-            stream.set_state(states[str(k)])
-        self.batches = int(state["batches"])
-
-
-def check_identity(state: dict[str, Any], identity: dict[str, Any]) -> None:
-    """Refuse a state from another format, mode, stream count, split or tokenizer, naming the field."""
-    for key, value in identity.items():
-        if state.get(key) != value:
-            raise ValueError(
-                f"cannot resume this loader from the given state: {key!r} is {state.get(key)!r} in the state "
-                f"but {value!r} here. Use the same mode, data.streams, shards and tokenizer as the run that "
-                "saved it (and a state of this version), or start the loader without a state."
-            )
-
-
-def merge_states(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The run's state from every process's ``get_state`` at the same step: the union of their streams."""
-    first = states[0]
-    for s in states[1:]:
-        check_identity(s, {k: v for k, v in first.items() if k != "stream_states"})
-    merged = {}
-    for s in states:  # a stream run by two processes (S not a multiple of P) has the same position in both
-        merged.update(s["stream_states"])
-    if len(merged) != first["streams"]:
-        raise ValueError(f"the processes' states cover {len(merged)} of {first['streams']} data streams")
-    return {**first, "stream_states": dict(sorted(merged.items(), key=lambda kv: int(kv[0])))}
 
 
 class PretrainLoader(grain.experimental.ThreadPrefetchDatasetIterator):
@@ -226,7 +160,7 @@ def build_pretrain_loader(
     the last. ``step_rows``: rows of one step over all processes; ``streams`` must
     divide it (see the module doc; process defaults: JAX's); ``buffer_size`` (bestfit)
     is per stream. ``prefetch`` steps are prepared by a background thread (0 = none).
-    ``state`` (``get_state()``, or ``merge_states`` of every process's) resumes exactly,
+    ``state`` (``get_state()``, or ``data_streams.merge_states`` of every process's) resumes exactly,
     also with another batch shape or process layout, but not another mode, stream
     count, split or tokenizer.
     """
@@ -251,15 +185,11 @@ def build_pretrain_loader(
     return PretrainLoader(batches, prefetch)
 
 
-def micro_batches(rows: np.ndarray, accum: int) -> np.ndarray:
-    """A process's ``(R/P, …)`` rows of a step as ``accum`` consecutive micro-batches ``(accum, R/(P·accum), …)``."""
-    if len(rows) % accum:
-        raise ConfigError(f"{len(rows)} rows per process do not split into {accum} micro-batches")
-    return rows.reshape(accum, len(rows) // accum, *rows.shape[1:])
+def iter_global_batches(loader: Iterator[tuple[np.ndarray, np.ndarray]], mesh, accum: int = 1) -> Iterator[tuple[Any, Any]]:
+    """Endless ``(inputs, targets)`` global ``jax.Array`` pairs: each step's ``accum`` micro-batches in turn.
 
-
-def iter_global_batches(loader: PretrainLoader, mesh, accum: int = 1) -> Iterator[tuple[Any, Any]]:
-    """Endless ``(inputs, targets)`` global ``jax.Array`` pairs: each step's ``accum`` micro-batches in turn."""
+    ``loader``: any iterator of a process's rows of whole steps (``PretrainLoader``, midtraining's ``MidBatches``).
+    """
     from nanochat_jax.sharding import make_global_batch
 
     while True:

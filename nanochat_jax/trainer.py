@@ -49,13 +49,14 @@ class TrainingDiverged(RuntimeError):
 class BatchSource(Protocol):
     """This process's share of a stage's data, one micro-batch at a time, resumable."""
 
-    progress: float  # fraction of the data consumed, 0-1 (used by progress-based schedules)
-    exhausted: bool  # the last batch crossed the end of the data (one-epoch stages stop here)
+    progress: float  # fraction of the data consumed, 0-1, as far as this process sees (the trainer agrees the max)
+    exhausted: bool  # the last batch crossed the end of the data (one-epoch stages stop here; agreed likewise)
 
     def next(self) -> dict[str, np.ndarray]: ...  # {"inputs", "targets"[, "weights"]}: (rows, T) each
     def get_state(self) -> dict: ...  # JSON: enough to regenerate every following batch
-    # Optional ``merge_states(list of every process's state) -> the run's state``: without it a
-    # multi-process checkpoint keeps process 0's state (mid/SFT/RL sources, which resume on the same layout).
+    # Optional ``merge_states(list of every process's state) -> the run's state``: a source whose processes
+    # hold different positions (pretraining's and mid's data streams) joins them; without it a multi-process
+    # checkpoint keeps process 0's state, the run's where it is a global count (SFT's conversations, RL's step).
     def close(self) -> None: ...
 
 
@@ -149,9 +150,20 @@ def gather_states(state: dict) -> list[dict]:
 
 def agree_max(value: int) -> int:
     """The largest value over all processes (nanochat's all-reduce MAX, e.g. of last_step)."""
+    return int(agree_maxima(value)[0])
+
+
+def agree_maxima(*values: float) -> tuple[float, ...]:
+    """Each value's largest over all processes, in one collective and exactly (single-process: the values).
+
+    The float64s travel as bytes: JAX runs without x64, and a float32 progress would
+    make the LR schedule differ between topologies.
+    """
     if jax.process_count() == 1:
-        return value
-    return int(np.max(multihost_utils.process_allgather(np.int32(value))))
+        return values
+    raw = np.frombuffer(np.asarray(values, np.float64).tobytes(), np.uint8)
+    rows = np.ascontiguousarray(multihost_utils.process_allgather(raw))
+    return tuple(rows.view(np.float64).max(axis=0).tolist())
 
 
 # --------------------------------------------------------------------------- resolving a stage's numbers
@@ -192,42 +204,6 @@ def grad_accum_steps(cfg, num_devices: int) -> int:
     rows, seq = cfg.loop.device_batch_size, cfg.model.max_seq_len
     what = f"total_batch_size={cfg.loop.total_batch_size} vs device_batch_size*max_seq_len*devices = {rows}*{seq}*{num_devices}"
     return accumulation(cfg.loop.total_batch_size, rows * seq * num_devices, what)
-
-
-class StreamBatches:
-    """An endless loader of whole steps (pretraining's) as a batch source: ``accum`` micro-batches per step, never exhausted.
-
-    The loader hands out this process's rows of a step; they are split here, so the
-    loader's state is only read between steps, and ``merge_states`` joins every
-    process's state into the run's (resumable on any topology).
-    """
-
-    progress, exhausted = 0.0, False
-
-    def __init__(self, loader, accum: int):
-        self.loader, self.accum, self.pending = loader, accum, []
-
-    def next(self) -> dict:
-        from nanochat_jax.dataloader import micro_batches
-
-        if not self.pending:
-            xs, ys = (micro_batches(a, self.accum) for a in next(self.loader))
-            self.pending = [{"inputs": x, "targets": y} for x, y in zip(xs, ys)]
-        return self.pending.pop(0)
-
-    def get_state(self) -> dict:
-        if self.pending:
-            raise RuntimeError("the data state was read in the middle of a step")
-        return self.loader.get_state()
-
-    @staticmethod
-    def merge_states(states: list[dict]) -> dict:
-        from nanochat_jax.dataloader import merge_states
-
-        return merge_states(states)
-
-    def close(self) -> None:
-        self.loader.close()
 
 
 def pad_batch(batch: dict[str, np.ndarray], width: int) -> dict[str, np.ndarray]:
@@ -317,10 +293,11 @@ class Trainer:
     def _fetch(self) -> _Held:
         state_before = self.source.get_state()
         micro = [self.source.next() for _ in range(self.stage.grad_accum)]
-        width = agree_max(max(m["targets"].shape[1] for m in micro))
-        micro = [pad_batch(m, width) for m in micro]
+        # One collective agrees the step's width and the data progress (each process sees only its streams).
+        width, progress = agree_maxima(max(m["targets"].shape[1] for m in micro), float(self.source.progress))
+        micro = [pad_batch(m, int(width)) for m in micro]
         batch = {k: np.stack([m[k] for m in micro]) for k in micro[0]}
-        progress = max(float(self.source.progress), self.held.progress if self.held else 0.0)
+        progress = max(progress, self.held.progress if self.held else 0.0)
         return _Held(batch, state_before, progress, bool(self.source.exhausted))  # progress never goes back (nanochat)
 
     # -- one step ---------------------------------------------------------------

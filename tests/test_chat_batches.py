@@ -1,11 +1,11 @@
-"""Chat collations against independent implementations of nanochat's rules (chat_sft, mid_train)."""
+"""SFT's collation against an independent implementation of nanochat's rules (chat_sft); mid's: test_mid_streams."""
 
 import functools
 
 import numpy as np
 import pytest
 
-from nanochat_jax.chat_batches import ConversationStream, PaddedConversations, length_buckets
+from nanochat_jax.chat_batches import PaddedConversations, length_buckets
 from nanochat_jax.tokenizer import Tokenizer
 
 TEXT = ["the quick brown fox jumps over the lazy dog " * 3, "12 + 30 = 42 and 7 * 6 = 42, numbers again ", "hello world! "]
@@ -75,36 +75,9 @@ def test_length_buckets_are_bounded():
     assert length_buckets(100) == (64, 100)
 
 
-def test_mid_stream_concatenates_conversations_into_windows_and_ends_after_one_epoch():
-    convs = conversations(9)
-    stream = np.concatenate([tok().render_conversation(c)[0] for c in convs]).tolist()
-    rows, T = 2, 24
-    source = ConversationStream(convs, tok(), rows, T)
-    pos, seen = 0, 0
-    while not source.exhausted:
-        state = source.get_state()
-        batch = source.next()
-        window = stream[pos : pos + rows * T + 1] if pos + rows * T + 1 <= len(stream) else None
-        if window is not None:  # the stream, no mask: every next token is a target
-            assert batch["inputs"].ravel().tolist() == window[:-1]
-            assert batch["targets"].ravel().tolist() == window[1:]
-        assert (batch["targets"] >= 0).all()
-        pos += rows * T + 1
-        seen += 1
-        resumed = ConversationStream(convs, tok(), rows, T, state=state).next()
-        assert all(np.array_equal(resumed[k], batch[k]) for k in batch)
-    # nanochat flags the end when the last conversation is rendered into the buffer: the first window
-    # that needs more tokens than the first eight conversations hold.
-    before_last = sum(len(tok().render_conversation(c)[0]) for c in convs[:-1])
-    assert seen == before_last // (rows * T + 1) + 1
-    assert 0 <= source.progress < 1
-
-
-def test_empty_mixtures_are_errors():
+def test_an_empty_mixture_is_an_error():
     with pytest.raises(ValueError, match="empty"):
         PaddedConversations([], tok(), rows=2, max_len=64)
-    with pytest.raises(ValueError, match="empty"):
-        ConversationStream([], tok(), 2, 16)
 
 
 @pytest.mark.parametrize("world, rows", [(2, 2), (4, 1)])

@@ -1,4 +1,4 @@
-"""Data streams (nanochat_jax.dataloader): which rows each process gets, and states that resume on any topology.
+"""Data streams (nanochat_jax.data_streams) in the pretraining loader: each process's rows, states that resume anywhere.
 
 Expectations are built here: the row ranges by hand, and each stream's tokens
 from the parquet files with pyarrow and the byte tokenizer of test_dataloader
@@ -13,9 +13,10 @@ import json
 import numpy as np
 import pytest
 
-from nanochat_jax import dataloader as dl
+from nanochat_jax import data_streams as dl
 from nanochat_jax.config import ConfigError
-from nanochat_jax.trainer import StreamBatches, gather_states
+from nanochat_jax.data_streams import StreamBatches
+from nanochat_jax.trainer import gather_states
 from test_dataloader import ByteTokenizer, corpus, expected_stream, loaders, take, train_files  # noqa: F401 (fixtures)
 
 T = 8

@@ -157,6 +157,28 @@ def test_rollouts_do_not_depend_on_how_rows_are_batched(tok):
     assert once == chunked and len(set(map(tuple, once[0]))) > 1
 
 
+@pytest.mark.parametrize("P", [1, 2, 4])
+def test_every_process_layout_trains_the_one_process_rows(tok, P):
+    """The processes' shares of micro-batch m, in process order and padded to the width the trainer agrees, are the
+    one-process micro-batch: rows [8m, 8m+8) of the step with their weights. The state (the step) is global."""
+    seqs, masks = fake_rollouts(tok, np.random.default_rng(5), examples=4, samples=4)  # 16 rows, 2 micro-batches of 8
+    seqs[1] = seqs[1] + [3] * 70  # one row longer than the 64 bucket: P = 1's micro-batch 0 is wider than some shares
+    masks[1] = masks[1] + [1] * 70
+    weights = np.arange(1.0, 17.0)  # distinct, so a row in the wrong place shows
+    kw = dict(num_micro=2, pad_id=tok.encode_special("<|assistant_end|>"), max_len=255)
+    one = rl.policy_batches(seqs, masks, weights, **kw)
+    shares = [rl.policy_batches(seqs, masks, weights, process_index=p, process_count=P, **kw) for p in range(P)]
+    assert one[0]["targets"].shape == (8, 128) and one[1]["targets"].shape == (8, 64)
+    for m, want in enumerate(one):
+        width = want["targets"].shape[1]
+        got = {k: np.concatenate([pad_batch(s[m], width)[k] for s in shares]) for k in want}
+        np.testing.assert_array_equal(got["targets"], want["targets"])
+        np.testing.assert_array_equal(got["weights"], want["weights"])
+        own = np.repeat([s[m]["inputs"].shape[1] for s in shares], 8 // P)  # each row's width in its own share
+        for row, cols in enumerate(own):  # past a share's width the trainer pads inputs with 0, all masked above
+            np.testing.assert_array_equal(got["inputs"][row, :cols], want["inputs"][row, :cols])
+
+
 class LengthReward(GSM8K):
     """A reward a random model earns sometimes, so the resume test's updates are not all zero."""
 

@@ -203,3 +203,13 @@ def test_nan_stops_both_stages_and_keeps_the_last_good_checkpoint(base_dir, monk
     assert checkpoint.Checkpointer(base_dir / checkpoint.STAGE_DIRS[stage] / "nan").all_steps() == [2]
     params, _ = final_params(base_dir, stage, "nan")
     assert all(np.isfinite(x).all() for x in params)
+
+
+def test_processes_agree_on_exact_float64_maxima(monkeypatch):
+    """The step's width and data progress in one all-gather, without the float32 rounding JAX's default would add."""
+    other = np.asarray([100.0, 0.25], np.float64)  # another process's width and progress (its first n for n values)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(trainer.multihost_utils, "process_allgather",
+                        lambda x: np.stack([x, np.frombuffer(other[: len(x) // 8].tobytes(), np.uint8)]))  # fmt: skip
+    assert trainer.agree_maxima(64, 1 / 3) == (100.0, 1 / 3)  # 1/3 is not a float32
+    assert trainer.agree_max(200) == 200 and trainer.agree_max(7) == 100

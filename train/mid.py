@@ -1,22 +1,25 @@
 """Midtraining: ``python -m train.mid --config=configs/mid.py`` (nanochat 8c89661's mid_train).
 
 Starts from a base checkpoint, trains on one epoch of a conversation mixture
-rendered into one token stream (no loss mask), LR flat for 80% of the epoch
-then linear to 0, Muon momentum ramped; val bpb every ``loop.eval_every``;
-saves ``mid_checkpoints/<tag>`` with optimizer state.
+rendered into ``data.streams`` token streams (no loss mask; the same rows on any
+topology, see ``chat_batches.MidBatches``), LR flat for 80% of the epoch then
+linear to 0, Muon momentum ramped; val bpb every ``loop.eval_every``; saves
+``mid_checkpoints/<tag>`` with optimizer state.
 """
 
 from __future__ import annotations
 
 import jax
 
-from nanochat_jax.chat_batches import ConversationStream
+from nanochat_jax.chat_batches import MidBatches
 from nanochat_jax.checkpoint import load_stage
 from nanochat_jax.common import print0
 from nanochat_jax.config import ConfigError, parse_args
+from nanochat_jax.data_streams import StreamBatches, fit_streams, process_rows
+from nanochat_jax.dataloader import iter_global_batches
 from nanochat_jax.loss_eval import evaluate_bpb
 from nanochat_jax.schedules import mid_schedule
-from nanochat_jax.trainer import Periodic, Stage, execution_overrides, global_batches, grad_accum_steps, run_config
+from nanochat_jax.trainer import Periodic, Stage, execution_overrides, grad_accum_steps, run_config
 from nanochat_jax.tasks.mixtures import mixture
 
 
@@ -29,20 +32,28 @@ def build_stage(cfg, mesh) -> Stage:
     seq = cfg.model.max_seq_len
     if seq > model_config.sequence_len:
         raise ConfigError(f"model.max_seq_len={seq} exceeds the {src.stage} model's sequence_len {model_config.sequence_len}")
-    rows = cfg.loop.device_batch_size * jax.local_device_count()
     accum = grad_accum_steps(cfg, jax.device_count())
+    step_rows = cfg.loop.total_batch_size // seq  # a step's rows: the same on every topology
+    process_rows(step_rows, cfg.data.streams, jax.process_index(), jax.process_count())  # a bad data.streams fails now
     train, val = mixture(cfg.data.train, cfg.data.task_dir), mixture(cfg.data.val, cfg.data.task_dir)
     print0(f"Midtraining on {len(train):,} conversations ({cfg.data.train}), val {len(val):,}; grad accumulation {accum}")
 
+    def batches(dataset, streams: int, state=None) -> MidBatches:
+        return MidBatches(dataset, tokenizer, step_rows, seq, streams=streams, process_index=jax.process_index(),
+                          process_count=jax.process_count(), state=state)  # fmt: skip
+
+    val_streams = fit_streams(cfg.data.streams, step_rows, len(val))
+
     def val_bpb(ctx) -> dict:
-        steps = max(1, cfg.loop.eval_tokens // (rows * jax.process_count() * seq))
-        batches = global_batches(ConversationStream(val, tokenizer, rows, seq), mesh)
-        return {"val/bpb": evaluate_bpb(ctx.graphdef, ctx.params, batches, steps, tokenizer.token_bytes())}
+        # The val set: the first eval_tokens (whole steps' worth, at least one) of the val streams, on any topology.
+        steps = max(1, cfg.loop.eval_tokens // cfg.loop.total_batch_size) * accum
+        val_batches = iter_global_batches(batches(val, val_streams), mesh, accum)
+        return {"val/bpb": evaluate_bpb(ctx.graphdef, ctx.params, val_batches, steps, tokenizer.token_bytes())}
 
     return Stage(
         name="mid", tag=cfg.loop.model_tag or tag, cfg=cfg, model_config=model_config,
         init_model=lambda mesh: model,
-        open_batches=lambda state: ConversationStream(train, tokenizer, rows, seq, state),
+        open_batches=lambda state: StreamBatches(batches(train, cfg.data.streams, state), accum),
         schedule=mid_schedule, grad_accum=accum, tokens_per_step=cfg.loop.total_batch_size,
         num_steps=cfg.loop.num_iterations if cfg.loop.num_iterations > 0 else None,
         evals=[Periodic(cfg.loop.eval_every, val_bpb)],

@@ -17,10 +17,11 @@ from flax import nnx
 
 from nanochat_jax.common import print0
 from nanochat_jax.config import ConfigError, parse_args
+from nanochat_jax.data_streams import StreamBatches, process_rows
 from nanochat_jax.gpt import GPT, GPTConfig
 from nanochat_jax.loss_eval import evaluate_bpb
 from nanochat_jax.schedules import base_schedule
-from nanochat_jax.trainer import Periodic, Stage, StreamBatches, grad_accum_steps, model_config_from, run_config
+from nanochat_jax.trainer import Periodic, Stage, grad_accum_steps, model_config_from, run_config
 
 SAMPLE_PROMPTS = (
     "The capital of France is",
@@ -67,7 +68,7 @@ def ensure_tokenizer(cfg):
 
 
 def build_stage(cfg, mesh) -> Stage:
-    from nanochat_jax.dataloader import build_pretrain_loader, iter_global_batches, process_rows, split_stream_count
+    from nanochat_jax.dataloader import build_pretrain_loader, iter_global_batches, split_stream_count
     from nanochat_jax.dataset import resolve_data_dir
 
     data_dir = resolve_data_dir(cfg.data.data_dir)
