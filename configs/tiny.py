@@ -34,7 +34,7 @@ def get_pipeline_config():
     """``python -m train.pipeline --config=configs/tiny.py``: every stage on the embedded data in <= 25 min on 2 cores.
 
     Shorter horizons than the stand-alone tiny configs (base 350 steps, mid 200 of
-    its 376-step epoch, so mid's LR never reaches its decay; SFT 100 steps) and
+    its 359-step epoch, so mid's LR never reaches its decay; SFT 100 steps) and
     evaluations on slices of the shipped data.
     """
     from configs import tiny_mid, tiny_sft
