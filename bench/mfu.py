@@ -4,6 +4,7 @@
     python -m bench.mfu --depth 20 --remat dots --scan_layers --json runs/mfu.json  # a JAX variant, results saved
     python -m bench.mfu --depth 20 --nanochat ~/nanochat                            # against a nanochat checkout
     python -m bench.mfu --depth 1 --vocab_size 256 --seq_len 64 --device_batch_size 2 --steps 2   # CPU smoke
+    python -m bench.mfu --depth 4 --vocab_size 4096 --seq_len 256 --device_batch_size 8 --rounds 5   # CPU, tiny config
 
 Why one command: the question "is the JAX port as fast as nanochat?" is only
 answered by both frameworks training the same model, with the same optimizer,
@@ -25,6 +26,9 @@ starve or flatter the other, and each gets its own tuned environment.
   ``--data_dir`` feeds the JAX side from the project's real data loader
   instead (every step a new batch, waits for data included), to show the
   loader keeps up; its loss is then on real text and not comparable.
+- ``--rounds N`` runs the workers N times, alternating (jax, torch, jax, …), and
+  reports every round's ratio and their median: a shared CPU drifts by ±10%
+  between runs, as much as the difference being measured.
 
 MFU is nanochat's: ``flops_per_token * tokens/s / peak`` with
 ``GPTConfig.flops_per_token()`` (6(N - N_wte) + 12 L H D T) and the bf16 peak
@@ -50,6 +54,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +90,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--platform", default="auto", choices=["auto", "gpu", "cpu"])
     p.add_argument("--gpu", type=int, default=0, help="index among the visible GPUs; both workers get only this one")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per worker")
+    p.add_argument("--rounds", type=int, default=1, help="alternate the frameworks this many times; report the median ratio")
     p.add_argument("--json", default=None, metavar="OUT", help="also write the results as JSON")
     p.add_argument("--worker", choices=FRAMEWORKS, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -93,8 +99,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     bad = [f for f in args.framework_list if f not in FRAMEWORKS]
     if bad or not args.framework_list:
         p.error(f"--frameworks: unknown {bad or 'empty list'}; choose from {', '.join(FRAMEWORKS)}")
-    if args.steps < 1 or args.warmup < 0:
-        p.error("--steps must be >= 1 and --warmup >= 0")
+    if args.steps < 1 or args.warmup < 0 or args.rounds < 1:
+        p.error("--steps and --rounds must be >= 1 and --warmup >= 0")
     return args
 
 
@@ -304,6 +310,19 @@ def tokens_ratio(results: list[dict]) -> float | None:
     return by["jax"]["tokens_per_s"] / other["tokens_per_s"]
 
 
+def round_ratios(results: list[dict]) -> list[float]:
+    """``tokens_ratio`` of every round (rows grouped by their ``round``) in which both sides succeeded."""
+    rounds: dict[int, list[dict]] = {}
+    for r in results:
+        rounds.setdefault(r.get("round", 1), []).append(r)
+    return [x for x in (tokens_ratio(rows) for _, rows in sorted(rounds.items())) if x is not None]
+
+
+def median_ratio(results: list[dict]) -> float | None:
+    ratios = round_ratios(results)
+    return statistics.median(ratios) if ratios else None
+
+
 def format_table(results: list[dict], facts: dict, args, platform: str) -> str:
     def fmt(v, spec, unit=""):
         return "n/a" if v is None else f"{v:{spec}}{unit}"
@@ -320,19 +339,21 @@ def format_table(results: list[dict], facts: dict, args, platform: str) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
+        name = r["framework"] if args.rounds == 1 else f"{r['framework']} (round {r['round']})"
         if "error" in r:
-            lines.append(f"| {r['framework']} | failed: {r['error']} | | | | | | |")
+            lines.append(f"| {name} | failed: {r['error']} | | | | | | |")
             continue
         lines.append(
-            f"| {r['framework']} | {r['device']} | {r['step_ms']:.1f} ms | {r['tokens_per_s']:,.0f} | "
+            f"| {name} | {r['device']} | {r['step_ms']:.1f} ms | {r['tokens_per_s']:,.0f} | "
             f"{fmt(None if r['mfu'] is None else 100 * r['mfu'], '.1f', '%')} | {fmt(r.get('peak_mem_gib'), '.2f', ' GiB')} | "
             f"{fmt(r.get('compile_s'), '.1f', ' s')} | {fmt(r.get('loss'), '.4f')} |"
         )
-    ratio = tokens_ratio(results)
+    ratio, ratios = median_ratio(results), round_ratios(results)
+    rounds = f" (median of {len(ratios)} rounds: {', '.join(f'{x:.3f}x' for x in ratios)})" if args.rounds > 1 else ""
     lines.append("")
-    lines.append(f"JAX / PyTorch tokens/s: {'n/a' if ratio is None else f'{ratio:.3f}x'}")
+    lines.append(f"JAX / PyTorch tokens/s: {'n/a' if ratio is None else f'{ratio:.3f}x'}{rounds}")
     for r in results:
-        if "error" not in r:
+        if "error" not in r and r.get("round", 1) == 1:
             lines.append(f"  {r['framework']}: {r.get('config', '')}; {r.get('versions', '')}")
             if r.get("env"):
                 lines.append(f"    env: {' '.join(f'{k}={v}' for k, v in r['env'].items())}")
@@ -350,7 +371,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     platform = detect_platform(args.platform)
-    results = [launch(args, fw, platform) for fw in args.framework_list]
+    results = [{**launch(args, fw, platform), "round": i + 1} for i in range(args.rounds) for fw in args.framework_list]
     facts = add_mfu(results, args)
     print(format_table(results, facts, args, platform), flush=True)
     if args.json:
@@ -359,7 +380,8 @@ def main(argv=None) -> int:
             "command": " ".join(["python -m bench.mfu", *args.argv]),
             "platform": platform,
             **facts,
-            "jax_over_torch_tokens_per_s": tokens_ratio(results),
+            "jax_over_torch_tokens_per_s": median_ratio(results),
+            "round_ratios": round_ratios(results),
             "results": results,
         }
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

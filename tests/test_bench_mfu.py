@@ -226,6 +226,21 @@ def test_table_marks_failures_and_missing_peak():
     assert hardware.peak_flops("cpu") is None
 
 
+def test_rounds_report_each_ratio_and_their_median():
+    args = mfu.parse_args(["--depth", "1", "--vocab_size", "256", "--seq_len", "64", "--rounds", "3"])
+    speeds = [(100.0, 80.0), (90.0, 100.0), (120.0, None)]  # jax, torch tokens/s per round; round 3's torch failed
+    rows = []
+    for i, (j, t) in enumerate(speeds, start=1):
+        rows.append({"framework": "jax", "round": i, "device": "cpu", "params": 81920, "step_ms": 1.0, "tokens_per_s": j})
+        rows.append({"framework": "torch", "round": i, "error": "boom"} if t is None else
+                    {"framework": "torch", "round": i, "device": "cpu", "params": 81920, "step_ms": 1.0, "tokens_per_s": t})
+    facts = mfu.add_mfu(rows, args)
+    assert mfu.round_ratios(rows) == pytest.approx([1.25, 0.9])
+    text = mfu.format_table(rows, facts, args, "cpu")
+    assert "| jax (round 2) | cpu |" in text and "| torch (round 3) | failed: boom" in text
+    assert "JAX / PyTorch tokens/s: 1.075x (median of 2 rounds: 1.250x, 0.900x)" in text
+
+
 def test_nanochat_path_errors_are_clear(tmp_path, monkeypatch, capsys):
     assert mfu.main(["--nanochat", str(tmp_path / "nowhere"), "--frameworks", "torch"]) == 2
     assert "no nanochat/gpt.py" in capsys.readouterr().err
