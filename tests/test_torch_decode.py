@@ -9,6 +9,9 @@ lie outside the vocabulary, so a random model never stops early.
 
 from __future__ import annotations
 
+import json
+import sys
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -71,3 +74,42 @@ def test_python_block_queues_the_calculator_reply():
         eng._tool_step(row, tok)
     assert list(row.forced) == [SPECIAL["<|output_start|>"], 5, SPECIAL["<|output_end|>"]]  # "2+3" = 5
     assert not row.in_python and row.expr == []
+
+
+FAKE_ENGINE = '''
+"""A stand-in for a nanochat checkout's engine.py: this project's port behind nanochat's constructor."""
+import json, os
+from bench.torch_decode import TorchEngine
+
+SPECIALS = ("<|bos|>", "<|assistant_end|>", "<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>")
+
+class Engine(TorchEngine):
+    def __init__(self, model, tokenizer):
+        with open(os.environ["FAKE_NANOCHAT_LOG"], "a") as f:
+            f.write(json.dumps({"device": str(model.lm_head.weight.device), "training": model.training}) + "\\n")
+        super().__init__(model, {n: tokenizer.encode_special(n) for n in SPECIALS}, tokenizer)
+'''
+
+
+def test_decode_vs_runs_a_nanochat_checkouts_engine(tmp_path, monkeypatch, capsys):
+    """``bench.decode_vs --nanochat PATH`` builds the checkout's GPT on meta, loads the weights and runs its Engine."""
+    from bench import decode_vs
+
+    pkg = tmp_path / "checkout" / "nanochat"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "gpt.py").write_text("from bench.torch_reference import GPT, GPTConfig  # nanochat's names\n")
+    (pkg / "engine.py").write_text(FAKE_ENGINE)
+    log = tmp_path / "engine.jsonl"
+    monkeypatch.setenv("FAKE_NANOCHAT_LOG", str(log))
+    monkeypatch.setattr(sys, "path", list(sys.path))  # decode_vs prepends the checkout; undone after
+    try:
+        rows = decode_vs.main(["--depth", "1", "--vocab_size", "256", "--seq_len", "64", "--prompt_tokens", "8",
+                               "--max_tokens", "6", "--batch_sizes", "1,2", "--repeats", "1",
+                               "--nanochat", str(tmp_path / "checkout")])  # fmt: skip
+    finally:
+        for name in [m for m in sys.modules if m == "nanochat" or m.startswith("nanochat.")]:
+            monkeypatch.delitem(sys.modules, name)
+    assert [b for b, *_ in rows] == [1, 2] and all(0 < n <= 6 * b for b, n, *_ in rows)  # tokens equal, else main exits
+    assert "torch side: nanochat checkout" in capsys.readouterr().out
+    assert [json.loads(ln) for ln in log.read_text().splitlines()] == [{"device": "cpu", "training": False}]
