@@ -103,13 +103,19 @@ def test_decode_vs_runs_a_nanochat_checkouts_engine(tmp_path, monkeypatch, capsy
     log = tmp_path / "engine.jsonl"
     monkeypatch.setenv("FAKE_NANOCHAT_LOG", str(log))
     monkeypatch.setattr(sys, "path", list(sys.path))  # decode_vs prepends the checkout; undone after
+
+    def ours():
+        return [m for m in sys.modules if m == "nanochat" or m.startswith("nanochat.")]
+
+    earlier = {m: sys.modules.pop(m) for m in ours()}  # another test's stand-in must not answer for this checkout
     try:
         rows = decode_vs.main(["--depth", "1", "--vocab_size", "256", "--seq_len", "64", "--prompt_tokens", "8",
                                "--max_tokens", "6", "--batch_sizes", "1,2", "--repeats", "1",
                                "--nanochat", str(tmp_path / "checkout")])  # fmt: skip
     finally:
-        for name in [m for m in sys.modules if m == "nanochat" or m.startswith("nanochat.")]:
-            monkeypatch.delitem(sys.modules, name)
+        for name in ours():
+            del sys.modules[name]
+        sys.modules.update(earlier)
     assert [b for b, *_ in rows] == [1, 2] and all(0 < n <= 6 * b for b, n, *_ in rows)  # tokens equal, else main exits
     assert "torch side: nanochat checkout" in capsys.readouterr().out
     assert [json.loads(ln) for ln in log.read_text().splitlines()] == [{"device": "cpu", "training": False}]
