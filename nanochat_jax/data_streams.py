@@ -12,7 +12,7 @@ processes merge (``merge_states``) into the run's, which resumes on any topology
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -43,6 +43,19 @@ def micro_batches(rows: np.ndarray, accum: int) -> np.ndarray:
     if len(rows) % accum:
         raise ConfigError(f"{len(rows)} rows per process do not split into {accum} micro-batches")
     return rows.reshape(accum, len(rows) // accum, *rows.shape[1:])
+
+
+def iter_global_batches(loader: Iterator[tuple[np.ndarray, np.ndarray]], mesh, accum: int = 1) -> Iterator[tuple[Any, Any]]:
+    """Endless ``(inputs, targets)`` global ``jax.Array`` pairs: each step's ``accum`` micro-batches in turn.
+
+    ``loader``: any iterator of a process's rows of whole steps (pretraining's ``PretrainLoader``, midtraining's ``MidBatches``).
+    """
+    from nanochat_jax.sharding import make_global_batch
+
+    while True:
+        xs, ys = (micro_batches(a, accum) for a in next(loader))
+        for x, y in zip(xs, ys):
+            yield make_global_batch(x, mesh), make_global_batch(y, mesh)
 
 
 class StepStreams:

@@ -185,19 +185,6 @@ def build_pretrain_loader(
     return PretrainLoader(batches, prefetch)
 
 
-def iter_global_batches(loader: Iterator[tuple[np.ndarray, np.ndarray]], mesh, accum: int = 1) -> Iterator[tuple[Any, Any]]:
-    """Endless ``(inputs, targets)`` global ``jax.Array`` pairs: each step's ``accum`` micro-batches in turn.
-
-    ``loader``: any iterator of a process's rows of whole steps (``PretrainLoader``, midtraining's ``MidBatches``).
-    """
-    from nanochat_jax.sharding import make_global_batch
-
-    while True:
-        xs, ys = (micro_batches(a, accum) for a in next(loader))
-        for x, y in zip(xs, ys):
-            yield make_global_batch(x, mesh), make_global_batch(y, mesh)
-
-
 def iter_global_microbatches(loader: PretrainLoader, mesh, accum: int) -> Iterator[tuple[Any, Any]]:
     """Endless ``(A, B, T)`` global ``(inputs, targets)`` stacks: one optimizer step's data."""
     from nanochat_jax.sharding import make_global_microbatches

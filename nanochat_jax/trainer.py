@@ -35,7 +35,9 @@ from nanochat_jax import hardware, sharding
 from nanochat_jax.checkpoint import Checkpointer, stage_dir
 from nanochat_jax.common import get_base_dir, print0
 from nanochat_jax.config import ConfigError
+from nanochat_jax.data_streams import iter_global_batches, process_rows
 from nanochat_jax.gpt import GPT, GPTConfig
+from nanochat_jax.loss_eval import evaluate_bpb
 from nanochat_jax.metrics_log import MetricsLogger
 from nanochat_jax.optim import nanochat_optimizer
 from nanochat_jax.schedules import Schedule
@@ -189,6 +191,22 @@ def accumulation(total: int, per_micro: int, what: str) -> int:
             f"pick one that is (e.g. {per_micro * max(1, round(total / per_micro))})"
         )
     return total // per_micro
+
+
+def step_rows(cfg) -> int:
+    """A token-stream stage's rows per step (``total_batch_size / max_seq_len``), the same on every topology.
+
+    A ``data.streams`` that divides neither them nor the processes fails here, before any data is read.
+    """
+    rows = cfg.loop.total_batch_size // cfg.model.max_seq_len
+    process_rows(rows, cfg.data.streams, jax.process_index(), jax.process_count())
+    return rows
+
+
+def stream_val_bpb(ctx, loader, cfg, accum: int, mesh, token_bytes) -> dict:
+    """``val/bpb`` over the first ``eval_tokens`` (whole steps, at least one) of a step loader: one val set on every topology."""
+    steps = max(1, cfg.loop.eval_tokens // cfg.loop.total_batch_size) * accum
+    return {"val/bpb": evaluate_bpb(ctx.graphdef, ctx.params, iter_global_batches(loader, mesh, accum), steps, token_bytes)}
 
 
 def epoch_steps(num_iterations: int, items: int, per_step: int, num_epochs: int, what: str) -> int:

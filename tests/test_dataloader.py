@@ -407,12 +407,13 @@ def test_orbax_checkpoint_roundtrip(corpus, tmp_path, loaders):
 
 
 def test_global_batches_are_jax_arrays(corpus, loaders):
+    from nanochat_jax.data_streams import iter_global_batches
     from nanochat_jax.sharding import make_mesh
 
     mesh = make_mesh()
     n = mesh.devices.size
     x_np, y_np = next(loaders(ByteTokenizer(), corpus, "train", 2 * n, 8))
-    x, y = next(dl.iter_global_batches(loaders(ByteTokenizer(), corpus, "train", 2 * n, 8), mesh))
+    x, y = next(iter_global_batches(loaders(ByteTokenizer(), corpus, "train", 2 * n, 8), mesh))
     assert x.shape == (2 * n, 8) and str(x.dtype) == "int32"
     np.testing.assert_array_equal(np.asarray(x), x_np)
     np.testing.assert_array_equal(np.asarray(y), y_np)

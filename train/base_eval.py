@@ -37,7 +37,8 @@ def core_eval(model, tokenizer, mesh, *, source, tag, step, max_per_task, bundle
 
 def bpb_eval(model, tokenizer, mesh, meta: dict, *, split_tokens: int, device_batch_size: int, data_dir) -> dict:
     """base_loss.py: ``split_tokens // (rows * seq_len)`` steps of each split's pretraining loader."""
-    from nanochat_jax.dataloader import DEFAULT_STREAMS, build_pretrain_loader, iter_global_batches, split_stream_count
+    from nanochat_jax.data_streams import iter_global_batches
+    from nanochat_jax.dataloader import DEFAULT_STREAMS, build_pretrain_loader, split_stream_count
     from nanochat_jax.dataset import resolve_data_dir
     from nanochat_jax.loss_eval import evaluate_bpb
 

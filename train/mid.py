@@ -15,11 +15,9 @@ from nanochat_jax.chat_batches import MidBatches
 from nanochat_jax.checkpoint import load_stage
 from nanochat_jax.common import print0
 from nanochat_jax.config import ConfigError, parse_args
-from nanochat_jax.data_streams import StreamBatches, fit_streams, process_rows
-from nanochat_jax.dataloader import iter_global_batches
-from nanochat_jax.loss_eval import evaluate_bpb
+from nanochat_jax.data_streams import StreamBatches, fit_streams
 from nanochat_jax.schedules import mid_schedule
-from nanochat_jax.trainer import Periodic, Stage, execution_overrides, grad_accum_steps, run_config
+from nanochat_jax.trainer import Periodic, Stage, execution_overrides, grad_accum_steps, run_config, step_rows, stream_val_bpb
 from nanochat_jax.tasks.mixtures import mixture
 
 
@@ -33,22 +31,18 @@ def build_stage(cfg, mesh) -> Stage:
     if seq > model_config.sequence_len:
         raise ConfigError(f"model.max_seq_len={seq} exceeds the {src.stage} model's sequence_len {model_config.sequence_len}")
     accum = grad_accum_steps(cfg, jax.device_count())
-    step_rows = cfg.loop.total_batch_size // seq  # a step's rows: the same on every topology
-    process_rows(step_rows, cfg.data.streams, jax.process_index(), jax.process_count())  # a bad data.streams fails now
+    rows = step_rows(cfg)
     train, val = mixture(cfg.data.train, cfg.data.task_dir), mixture(cfg.data.val, cfg.data.task_dir)
     print0(f"Midtraining on {len(train):,} conversations ({cfg.data.train}), val {len(val):,}; grad accumulation {accum}")
 
     def batches(dataset, streams: int, state=None) -> MidBatches:
-        return MidBatches(dataset, tokenizer, step_rows, seq, streams=streams, process_index=jax.process_index(),
+        return MidBatches(dataset, tokenizer, rows, seq, streams=streams, process_index=jax.process_index(),
                           process_count=jax.process_count(), state=state)  # fmt: skip
 
-    val_streams = fit_streams(cfg.data.streams, step_rows, len(val))
+    val_streams = fit_streams(cfg.data.streams, rows, len(val))
 
     def val_bpb(ctx) -> dict:
-        # The val set: the first eval_tokens (whole steps' worth, at least one) of the val streams, on any topology.
-        steps = max(1, cfg.loop.eval_tokens // cfg.loop.total_batch_size) * accum
-        val_batches = iter_global_batches(batches(val, val_streams), mesh, accum)
-        return {"val/bpb": evaluate_bpb(ctx.graphdef, ctx.params, val_batches, steps, tokenizer.token_bytes())}
+        return stream_val_bpb(ctx, batches(val, val_streams), cfg, accum, mesh, tokenizer.token_bytes())
 
     return Stage(
         name="mid", tag=cfg.loop.model_tag or tag, cfg=cfg, model_config=model_config,

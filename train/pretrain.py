@@ -17,11 +17,10 @@ from flax import nnx
 
 from nanochat_jax.common import print0
 from nanochat_jax.config import ConfigError, parse_args
-from nanochat_jax.data_streams import StreamBatches, process_rows
+from nanochat_jax.data_streams import StreamBatches
 from nanochat_jax.gpt import GPT, GPTConfig
-from nanochat_jax.loss_eval import evaluate_bpb
 from nanochat_jax.schedules import base_schedule
-from nanochat_jax.trainer import Periodic, Stage, grad_accum_steps, model_config_from, run_config
+from nanochat_jax.trainer import Periodic, Stage, grad_accum_steps, model_config_from, run_config, step_rows, stream_val_bpb
 
 SAMPLE_PROMPTS = (
     "The capital of France is",
@@ -68,7 +67,7 @@ def ensure_tokenizer(cfg):
 
 
 def build_stage(cfg, mesh) -> Stage:
-    from nanochat_jax.dataloader import build_pretrain_loader, iter_global_batches, split_stream_count
+    from nanochat_jax.dataloader import build_pretrain_loader, split_stream_count
     from nanochat_jax.dataset import resolve_data_dir
 
     data_dir = resolve_data_dir(cfg.data.data_dir)
@@ -76,24 +75,20 @@ def build_stage(cfg, mesh) -> Stage:
     model_config = model_config_from(cfg.model, tokenizer.get_vocab_size())
     num_iterations = resolve_num_iterations(cfg, model_config)
     accum = grad_accum_steps(cfg, jax.device_count())
-    step_rows = cfg.loop.total_batch_size // cfg.model.max_seq_len  # a step's rows: the same on every topology
-    process_rows(step_rows, cfg.data.streams, jax.process_index(), jax.process_count())  # a bad data.streams fails now
+    rows = step_rows(cfg)
 
     def loader(split: str, streams: int, state=None, prefetch: int | None = None):
         kwargs = {} if prefetch is None else {"prefetch": prefetch}
-        return build_pretrain_loader(tokenizer, data_dir, split, step_rows, cfg.model.max_seq_len, streams=streams,
+        return build_pretrain_loader(tokenizer, data_dir, split, rows, cfg.model.max_seq_len, streams=streams,
                                      mode=cfg.data.loader_mode, tokenizer_threads=cfg.data.tokenizer_threads, state=state,
                                      **kwargs)  # fmt: skip
 
-    val_streams = split_stream_count(cfg.data.streams, step_rows, "val", data_dir)
+    val_streams = split_stream_count(cfg.data.streams, rows, "val", data_dir)
 
     def val_bpb(ctx) -> dict:
-        # The val set: the first eval_tokens (whole steps' worth, at least one) of the val streams, on any topology.
-        steps = max(1, cfg.loop.eval_tokens // cfg.loop.total_batch_size) * accum
         val = loader("val", val_streams, prefetch=0)
         try:
-            batches = iter_global_batches(val, mesh, accum)
-            return {"val/bpb": evaluate_bpb(ctx.graphdef, ctx.params, batches, steps, tokenizer.token_bytes())}
+            return stream_val_bpb(ctx, val, cfg, accum, mesh, tokenizer.token_bytes())
         finally:
             val.close()
 
